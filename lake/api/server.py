@@ -1,0 +1,191 @@
+"""
+The gRPC face: the standard health service, Lake's detailed health, and reflection.
+
+One port serves Kubernetes probes (``grpc.health.v1``: ``""`` for liveness,
+``lake.ready`` for readiness, ``lake.<component>`` per component), ``lake health`` and
+the API of later issues. A background monitor keeps the standard statuses current.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from lake.health import HealthReport, Status
+from lake.manager import ServiceManager
+from lake.v1 import health_pb2 as lake_health_pb2
+from lake.v1 import health_pb2_grpc as lake_health_grpc
+
+__all__ = ["LakeServer", "report_to_proto"]
+
+log = structlog.get_logger(__name__)
+
+READY = "lake.ready"
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+_STATUS = {
+    Status.UP: lake_health_pb2.STATUS_UP,
+    Status.DEGRADED: lake_health_pb2.STATUS_DEGRADED,
+    Status.DOWN: lake_health_pb2.STATUS_DOWN,
+}
+
+
+def report_to_proto(
+    report: HealthReport, state: str
+) -> lake_health_pb2.GetHealthResponse:
+    """
+    Convert a health report to its wire form.
+    """
+    return lake_health_pb2.GetHealthResponse(
+        status=_STATUS[report.status],
+        ready=report.ready,
+        live=report.live,
+        state=state,
+        components=[
+            lake_health_pb2.ComponentHealth(
+                name=c.name,
+                status=_STATUS[c.status],
+                latency_ms=c.latency_ms,
+                reason=c.reason,
+                critical=c.critical,
+            )
+            for c in report.components
+        ],
+    )
+
+
+class _LakeHealthServicer(lake_health_grpc.LakeHealthServicer):
+    def __init__(self, manager: ServiceManager) -> None:
+        self._manager = manager
+
+    async def GetHealth(
+        self, request: lake_health_pb2.GetHealthRequest, context: Any
+    ) -> lake_health_pb2.GetHealthResponse:
+        report = await self._manager.health()
+        return report_to_proto(report, self._manager.state.value)
+
+
+class LakeServer:
+    """
+    A grpc.aio server bound to one address, with health kept current by a monitor.
+    """
+
+    def __init__(
+        self,
+        manager: ServiceManager,
+        *,
+        address: str,
+        interval: float = 2.0,
+        max_message_bytes: int = 4 * 1024 * 1024,
+        max_concurrent_rpcs: int = 256,
+        reflection_enabled: bool = True,
+    ) -> None:
+        self._manager = manager
+        self._address = address
+        self._interval = interval
+        self._server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", max_message_bytes),
+            ],
+            maximum_concurrent_rpcs=max_concurrent_rpcs,
+        )
+        # grpc_health re-exports its async servicer implicitly, which strict mypy hides.
+        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self._monitor: asyncio.Task[None] | None = None
+        self._names: set[str] = set()
+        self.port = 0
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        lake_health_grpc.add_LakeHealthServicer_to_server(
+            _LakeHealthServicer(manager), self._server
+        )
+        if reflection_enabled:
+            names = (
+                lake_health_pb2.DESCRIPTOR.services_by_name["LakeHealth"].full_name,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            )
+            reflection.enable_server_reflection(names, self._server)
+
+    @property
+    def address(self) -> str:
+        """
+        The address actually bound (the port resolved when 0 was asked for).
+        """
+        host = self._address.rsplit(":", 1)[0]
+        return f"{host}:{self.port}"
+
+    async def start(self) -> None:
+        """
+        Listen, reporting NOT_SERVING everywhere until ``serving()`` is called.
+        """
+        await self.health.set("", _NOT_SERVING)
+        await self.health.set(READY, _NOT_SERVING)
+        self.port = self._server.add_insecure_port(self._address)
+        if self.port == 0:
+            msg = f"cannot listen on {self._address}"
+            raise OSError(msg)
+        await self._server.start()
+        log.info("grpc_listening", address=self.address)
+
+    async def serving(self) -> None:
+        """
+        Start-up is done: mark liveness SERVING and keep health current.
+        """
+        await self.health.set("", _SERVING)
+        await self.refresh()
+        self._monitor = asyncio.create_task(self._watch(), name="health-monitor")
+
+    async def refresh(self) -> HealthReport:
+        """
+        Run the checks once and publish them to the standard health service.
+        """
+        report = await self._manager.health()
+        await self.health.set(READY, _SERVING if report.ready else _NOT_SERVING)
+        for c in report.components:
+            name = f"lake.{c.name}"
+            self._names.add(name)
+            await self.health.set(
+                name, _NOT_SERVING if c.status == Status.DOWN else _SERVING
+            )
+        return report
+
+    async def _watch(self) -> None:
+        last: tuple[object, ...] | None = None
+        while True:
+            try:
+                report = await self.refresh()
+            except Exception:
+                log.exception("health_monitor_failed")
+            else:
+                summary = tuple((c.name, c.status, c.reason) for c in report.components)
+                if summary != last:
+                    log.info(
+                        "health_changed",
+                        status=report.status.name,
+                        ready=report.ready,
+                        down=[
+                            c.name for c in report.components if c.status == Status.DOWN
+                        ],
+                    )
+                    last = summary
+            await asyncio.sleep(self._interval)
+
+    async def stop(self, grace: float | None) -> None:
+        """
+        Report NOT_SERVING, refuse new calls, let in-flight calls finish within grace.
+        """
+        if self._monitor is not None:
+            self._monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._monitor
+            self._monitor = None
+        await self.health.enter_graceful_shutdown()
+        await self._server.stop(grace)
+        log.info("grpc_stopped")

@@ -1,0 +1,289 @@
+"""
+The ``lake`` command: argv -> settings -> (embedded servers) -> container -> run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+import grpc
+import structlog
+
+from lake.api.server import LakeServer
+from lake.config import load_settings, masked
+from lake.container import aresolve, create_container
+from lake.errors import ConfigError, LakeError
+from lake.logs import configure_logging, register_secrets
+from lake.manager import ServiceManager
+from lake.resilience import install_retry_hooks
+from lake.resources.embedded import embedded_servers
+from lake.v1 import health_pb2, health_pb2_grpc
+
+__all__ = ["main"]
+
+log = structlog.get_logger("lake.cli")
+
+
+def _settings(ctx: click.Context) -> dict[str, Any]:
+    obj: dict[str, Any] = ctx.ensure_object(dict)
+    try:
+        return load_settings(obj.get("env"), files=obj.get("config"))
+    except ConfigError as exc:
+        msg = f"config error: {exc}"
+        raise click.ClickException(msg) from None
+
+
+def _setup(settings: dict[str, Any]) -> None:
+    configure_logging(settings["logging"]["format"], settings["logging"]["level"])
+    register_secrets([settings["postgres"]["password"], settings["redis"]["password"]])
+    install_retry_hooks()
+
+
+@contextmanager
+def _with_embedded(settings: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """
+    Fill in embedded servers for every DSN left empty, when the profile allows it.
+    """
+    want_pg = settings["embedded"] and not settings["postgres"]["dsn"]
+    want_redis = settings["embedded"] and not settings["redis"]["url"]
+    if not (want_pg or want_redis):
+        _require_dsns(settings)
+        yield settings
+        return
+    data_dir = Path(settings["data_dir"])
+    with embedded_servers(data_dir, postgres=want_pg, redis=want_redis) as ends:
+        settings = {**settings}
+        if "postgres" in ends:
+            settings["postgres"] = {
+                **settings["postgres"],
+                "dsn": ends["postgres"].url,
+                "password": ends["postgres"].password,
+            }
+        if "redis" in ends:
+            settings["redis"] = {
+                **settings["redis"],
+                "url": ends["redis"].url,
+                "password": ends["redis"].password,
+            }
+        register_secrets([e.password for e in ends.values()])
+        yield settings
+
+
+def _require_dsns(settings: dict[str, Any]) -> None:
+    for key, field in (("postgres", "dsn"), ("redis", "url")):
+        if not settings[key][field]:
+            profile = settings["profile"]
+            env = f"LAKE_{key.upper()}__{field.upper()}"
+            msg = (
+                f"config error: {key}.{field} is empty in profile {profile!r} "
+                f"and embedded servers are off (set {env})"
+            )
+            raise click.ClickException(msg)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "-e",
+    "--env",
+    help="Profile: development, testing or production "
+    "(default: $LAKE_ENV, else development).",
+)
+@click.option(
+    "-c",
+    "--config",
+    type=click.Path(dir_okay=False),
+    help="Settings file(s), comma-separated (default: $LAKE_SETTINGS_FILES, "
+    "else config/settings.toml).",
+)
+@click.pass_context
+def main(ctx: click.Context, env: str | None, config: str | None) -> None:
+    """
+    Lake: vectors, time series and spatial features for many tenants.
+    """
+    ctx.ensure_object(dict).update(env=env, config=config)
+
+
+@main.command()
+@click.pass_context
+def serve(ctx: click.Context) -> None:
+    """
+    Run the service until SIGINT or SIGTERM, then stop cleanly.
+
+    In the development profile with no DSNs, PostgreSQL and Redis are started from
+    the bundled wheels with their data under data_dir (.lake/).
+    """
+    settings = _settings(ctx)
+    _setup(settings)
+    try:
+        with _with_embedded(settings) as effective:
+            code = asyncio.run(_serve(effective))
+    except LakeError as exc:
+        raise click.ClickException(str(exc)) from None
+    sys.exit(code)
+
+
+async def _serve(settings: dict[str, Any]) -> int:
+    container = create_container(settings)
+    manager: ServiceManager = await aresolve(container.manager)
+    grpc_cfg = settings["grpc"]
+    server = LakeServer(
+        manager,
+        address=grpc_cfg["address"],
+        interval=settings["health"]["interval"],
+        max_message_bytes=grpc_cfg["max_message_bytes"],
+        max_concurrent_rpcs=grpc_cfg["max_concurrent_rpcs"],
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    main_task = asyncio.current_task()
+
+    def on_signal(signame: str) -> None:
+        if stop.is_set() and main_task is not None:
+            log.warning("second_signal", signal=signame, action="stopping at once")
+            main_task.cancel()
+            return
+        log.info("signal_received", signal=signame, action="graceful stop")
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig.name)
+    await server.start()
+    try:
+        if not await _start_or_stop(manager, stop):
+            return 1
+        await server.serving()
+        log.info("lake_ready", address=server.address, profile=settings["profile"])
+        await stop.wait()
+        return 0
+    finally:
+        await server.stop(grpc_cfg["grace"])
+        await manager.stop()
+
+
+async def _start_or_stop(manager: ServiceManager, stop: asyncio.Event) -> bool:
+    """
+    Start the manager unless a stop signal comes first; True when it is running.
+    """
+    starting = asyncio.create_task(manager.start())
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not starting.done():
+        starting.cancel()
+    try:
+        await starting
+    except asyncio.CancelledError:
+        log.info("start_cancelled")
+        return False
+    except LakeError as exc:
+        log.error("start_failed", error=str(exc))  # noqa: TRY400 -- no traceback wanted
+        return False
+    return True
+
+
+@main.command()
+@click.option("-a", "--address", help="Server address (default: grpc.address).")
+@click.option(
+    "-t",
+    "--timeout",
+    default=5.0,
+    show_default=True,
+    help="Seconds to wait for an answer.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_context
+def health(
+    ctx: click.Context, address: str | None, timeout: float, as_json: bool
+) -> None:
+    """
+    Ask the running server for every component's health; exit 1 when not ready.
+    """
+    target = address or _settings(ctx)["grpc"]["address"]
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.LakeHealthStub(channel)
+        try:
+            reply = stub.GetHealth(health_pb2.GetHealthRequest(), timeout=timeout)
+        except grpc.RpcError as exc:
+            code = exc.code().name if isinstance(exc, grpc.Call) else "UNKNOWN"  # type: ignore[redundant-expr]
+            click.echo(f"lake health: no answer from {target} ({code})", err=True)
+            sys.exit(2)
+    if as_json:
+        click.echo(json.dumps(_report_dict(reply), indent=2))
+    else:
+        _print_report(target, reply)
+    sys.exit(0 if reply.ready else 1)
+
+
+def _status_name(value: int) -> str:
+    return health_pb2.Status.Name(value).removeprefix("STATUS_")  # type: ignore[arg-type]
+
+
+def _report_dict(reply: health_pb2.GetHealthResponse) -> dict[str, Any]:
+    return {
+        "status": _status_name(reply.status),
+        "ready": reply.ready,
+        "state": reply.state,
+        "components": [
+            {
+                "name": c.name,
+                "status": _status_name(c.status),
+                "latency_ms": c.latency_ms,
+                "reason": c.reason,
+                "critical": c.critical,
+            }
+            for c in reply.components
+        ],
+    }
+
+
+def _print_report(target: str, reply: health_pb2.GetHealthResponse) -> None:
+    readiness = "ready" if reply.ready else "NOT READY"
+    click.echo(
+        f"lake at {target}: {_status_name(reply.status)} ({readiness}, {reply.state})"
+    )
+    for c in reply.components:
+        reason = f"  {c.reason}" if c.reason else ""
+        click.echo(
+            f"  {c.name:<12} {_status_name(c.status):<9}{c.latency_ms:8.1f} ms{reason}"
+        )
+
+
+@main.command()
+@click.pass_context
+def migrate(ctx: click.Context) -> None:
+    """
+    Apply pending schema migrations, then exit.
+    """
+    settings = _settings(ctx)
+    _setup(settings)
+    try:
+        with _with_embedded(settings) as effective:
+            asyncio.run(_migrate(effective))
+    except LakeError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo("migrations applied")
+
+
+async def _migrate(settings: dict[str, Any]) -> None:
+    manager: ServiceManager = await aresolve(create_container(settings).manager)
+    try:
+        await manager.start()  # start-up applies migrations under the advisory lock
+    finally:
+        await manager.stop()
+
+
+@main.command("config")
+@click.pass_context
+def show_config(ctx: click.Context) -> None:
+    """
+    Print the effective settings of the profile, secrets masked.
+    """
+    click.echo(json.dumps(masked(_settings(ctx)), indent=2, sort_keys=True))

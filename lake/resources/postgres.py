@@ -1,0 +1,83 @@
+"""
+The asyncpg pool: opened, proven and closed in one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+import structlog
+from pgvector.asyncpg import register_vector
+
+from lake.stores.database import translate_pg_error
+
+__all__ = ["open_pg_pool"]
+
+log = structlog.get_logger(__name__)
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # The binary pgvector codec, where the extension exists: on a server without
+    # pgvector the vector store reports itself unavailable and the rest serves.
+    try:
+        await register_vector(conn)
+    except ValueError:
+        return
+
+
+@asynccontextmanager
+async def open_pg_pool(
+    *,
+    dsn: str,
+    password: str = "",
+    min_size: int = 1,
+    max_size: int = 10,
+    connect_timeout: float = 5.0,
+    command_timeout: float = 5.0,
+    statement_timeout_ms: int = 5000,
+    idle_in_transaction_timeout_ms: int = 10000,
+    max_inactive_connection_lifetime: float = 300.0,
+    close_timeout: float = 5.0,
+) -> AsyncIterator[Any]:
+    """
+    Open an asyncpg pool, prove it with a query, and close it on exit.
+
+    The password travels apart from the DSN so that no logged DSN carries it.
+    """
+    try:
+        pool = await asyncpg.create_pool(
+            dsn=dsn,
+            password=password or None,
+            min_size=min_size,
+            max_size=max_size,
+            timeout=connect_timeout,
+            command_timeout=command_timeout,
+            max_inactive_connection_lifetime=max_inactive_connection_lifetime,
+            server_settings={
+                "application_name": "lake",
+                "statement_timeout": str(statement_timeout_ms),
+                "idle_in_transaction_session_timeout": str(
+                    idle_in_transaction_timeout_ms
+                ),
+            },
+            init=_init_connection,
+        )
+    except Exception as exc:
+        raise translate_pg_error(exc) from None
+    try:
+        async with asyncio.timeout(connect_timeout):
+            await pool.fetchval("SELECT 1")
+        log.info("pg_pool_opened", min_size=min_size, max_size=max_size)
+        yield pool
+    finally:
+        try:
+            async with asyncio.timeout(close_timeout):
+                await pool.close()
+        except TimeoutError:
+            pool.terminate()
+            log.warning("pg_pool_terminated", after_s=close_timeout)
+        log.info("pg_pool_closed")
