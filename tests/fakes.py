@@ -1,0 +1,232 @@
+"""
+In-memory fakes that satisfy Lake's ports; they record calls and closing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+from lake.errors import StoreUnavailableError
+from lake.operations import Feature, FeatureMatch, Point, VectorItem, VectorMatch
+from lake.ports import Components
+
+
+class FakeResource:
+    """
+    Stands in for a pool or client; records whether it is open.
+    """
+
+    def __init__(
+        self, name: str, log: list[str] | None = None, value: object = None
+    ) -> None:
+        self.name = name
+        self.value = self if value is None else value
+        self.opened = 0
+        self.closed = 0
+        self.log = log if log is not None else []
+
+    @property
+    def is_open(self) -> bool:
+        return self.opened > self.closed
+
+    @asynccontextmanager
+    async def __call__(self, **_: Any) -> AsyncIterator[object]:
+        self.opened += 1
+        self.log.append(f"open {self.name}")
+        try:
+            yield self.value
+        finally:
+            self.closed += 1
+            self.log.append(f"close {self.name}")
+
+
+class FailingResource:
+    """
+    A resource whose opening fails with ``error``.
+    """
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        self.attempts = 0
+
+    @asynccontextmanager
+    async def __call__(self, **_: Any) -> AsyncIterator[None]:
+        self.attempts += 1
+        raise self.error
+        yield  # pragma: no cover
+
+
+class FakePingable:
+    def __init__(self) -> None:
+        self.down: Exception | None = None
+        self.degraded: str | None = None
+        self.pings = 0
+
+    async def ping(self) -> str | None:
+        self.pings += 1
+        if self.down is not None:
+            raise self.down
+        return self.degraded
+
+
+class FakeDatabase(FakePingable):
+    pass
+
+
+class FakeCache(FakePingable):
+    pass
+
+
+class FakeVectorStore(FakePingable):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: dict[tuple[str, str, str], VectorItem] = {}
+        self.fail_next: list[Exception] = []
+
+    async def upsert(self, tenant: str, collection: str, items: list[VectorItem]) -> int:
+        if self.fail_next:
+            raise self.fail_next.pop(0)
+        for item in items:
+            self.rows[(tenant, collection, item.id)] = item
+        return len(items)
+
+    async def search(
+        self, tenant: str, collection: str, vector: list[float], k: int
+    ) -> list[VectorMatch]:
+        def cosine(a: list[float], b: list[float]) -> float:
+            dot = sum(x * y for x, y in zip(a, b, strict=True))
+            return 1 - dot / (math.hypot(*a) * math.hypot(*b))
+
+        found = [
+            VectorMatch(item.id, cosine(list(item.vector), vector), item.metadata)
+            for (t, c, _), item in self.rows.items()
+            if t == tenant and c == collection and len(item.vector) == len(vector)
+        ]
+        return sorted(found, key=lambda m: m.distance)[:k]
+
+
+class FakeTimeSeriesStore(FakePingable):
+    def __init__(self) -> None:
+        super().__init__()
+        self.points: dict[tuple[str, str, str, datetime], float] = {}
+
+    async def write(
+        self, tenant: str, metric: str, tags: Mapping[str, str], points: list[Point]
+    ) -> int:
+        key = repr(sorted(tags.items()))
+        for p in points:
+            self.points[(tenant, metric, key, p.ts)] = p.value
+        return len(points)
+
+    async def query(
+        self,
+        tenant: str,
+        metric: str,
+        tags: Mapping[str, str],
+        start: datetime,
+        end: datetime,
+        limit: int,
+    ) -> list[Point]:
+        key = repr(sorted(tags.items()))
+        found = [
+            Point(ts, v)
+            for (t, m, k, ts), v in self.points.items()
+            if (t, m, k) == (tenant, metric, key) and start <= ts < end
+        ]
+        return sorted(found, key=lambda p: p.ts)[:limit]
+
+
+class FakeSpatialStore(FakePingable):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features: dict[tuple[str, str], Feature] = {}
+
+    async def upsert(self, tenant: str, features: list[Feature]) -> int:
+        for f in features:
+            self.features[(tenant, f.id)] = f
+        return len(features)
+
+    async def nearby(
+        self, tenant: str, lon: float, lat: float, radius_m: float, limit: int
+    ) -> list[FeatureMatch]:
+        found = []
+        for (t, _), f in self.features.items():
+            d = _haversine_m(lon, lat, f.lon, f.lat)
+            if t == tenant and d <= radius_m:
+                found.append(FeatureMatch(f, d))
+        return sorted(found, key=lambda m: m.distance_m)[:limit]
+
+
+def _haversine_m(lon1: float, lat1: float, lon2: float, lat2: float) -> float:
+    r = 6_371_000.0
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dp, dl = p2 - p1, math.radians(lon2 - lon1)
+    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * r * math.asin(math.sqrt(a))
+
+
+class FakeMesh:
+    def __init__(self, peers: dict[str, bool] | None = None) -> None:
+        self.state = dict(peers or {})
+
+    @property
+    def peers(self) -> list[str]:
+        return sorted(self.state)
+
+    async def ping(self, peer: str) -> str | None:
+        if not self.state[peer]:
+            msg = f"peer {peer} unreachable"
+            raise StoreUnavailableError(msg)
+        return None
+
+
+class FakeMigrator:
+    def __init__(self) -> None:
+        self.runs = 0
+        self.fail: Exception | None = None
+
+    async def migrate(self) -> object:
+        self.runs += 1
+        if self.fail is not None:
+            raise self.fail
+        return None
+
+
+def fake_components() -> Components:
+    return Components(
+        database=FakeDatabase(),
+        cache=FakeCache(),
+        vectors=FakeVectorStore(),
+        series=FakeTimeSeriesStore(),
+        spatial=FakeSpatialStore(),
+        mesh=FakeMesh(),
+        migrator=FakeMigrator(),
+    )
+
+
+class FakeResourceSet:
+    """
+    A ResourceSet that hands out fake components; ``failures`` fail the next opens.
+    """
+
+    def __init__(self, components: Components | None = None) -> None:
+        self.components = components or fake_components()
+        self.failures: list[Exception] = []
+        self.opens = 0
+        self.closes = 0
+        self.open_now = False
+
+    async def open(self) -> Components:
+        self.opens += 1
+        self.open_now = True
+        if self.failures:
+            raise self.failures.pop(0)
+        return self.components
+
+    async def close(self) -> None:
+        self.closes += 1
+        self.open_now = False

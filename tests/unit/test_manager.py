@@ -1,0 +1,265 @@
+"""
+ServiceManager with fake components passed straight to its constructor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from lake.errors import (
+    LifecycleError,
+    StoreError,
+    StoreUnavailableError,
+    ValidationError,
+)
+from lake.health import Status
+from lake.manager import ServiceManager, State
+from lake.operations import (
+    Feature,
+    FeaturesNearby,
+    Limits,
+    Point,
+    QueryPoints,
+    SearchVectors,
+    UpsertFeatures,
+    UpsertVectors,
+    VectorItem,
+    WritePoints,
+)
+from lake.resilience import RetryPolicy
+from tests.fakes import FakeMesh, FakeResourceSet, fake_components
+
+
+def make_manager(resources: FakeResourceSet | None = None) -> ServiceManager:
+    return ServiceManager(
+        resources or FakeResourceSet(),
+        limits=Limits(max_batch=100, max_top_k=100),
+        startup=RetryPolicy(attempts=3, timeout=5.0),
+        operations=RetryPolicy(attempts=3, timeout=5.0),
+        check_timeout=0.2,
+    )
+
+
+async def test_start_and_stop_are_idempotent():
+    """Starting twice opens once; stopping twice closes once."""
+    resources = FakeResourceSet()
+    manager = make_manager(resources)
+    await manager.start()
+    await manager.start()
+    assert manager.state is State.RUNNING
+    assert resources.opens == 1
+    await manager.stop()
+    await manager.stop()
+    assert manager.state is State.STOPPED
+    assert resources.closes == 1
+
+
+async def test_concurrent_starts_open_once():
+    """Two start() calls racing share one start-up."""
+    resources = FakeResourceSet()
+    manager = make_manager(resources)
+    await asyncio.gather(manager.start(), manager.start())
+    assert resources.opens == 1
+
+
+async def test_start_after_stop_is_a_lifecycle_error():
+    """A stopped manager cannot be started again."""
+    manager = make_manager()
+    await manager.start()
+    await manager.stop()
+    with pytest.raises(LifecycleError, match="stopped"):
+        await manager.start()
+
+
+async def test_stop_before_start_closes_nothing():
+    """Stopping a manager that never started is a no-op that ends in STOPPED."""
+    resources = FakeResourceSet()
+    manager = make_manager(resources)
+    await manager.stop()
+    assert manager.state is State.STOPPED
+    assert resources.closes == 0
+
+
+async def test_operation_before_start_is_a_lifecycle_error():
+    """Routing before start raises instead of hanging."""
+    manager = make_manager()
+    op = SearchVectors(tenant="a", collection="docs", vector=[1.0], k=1)
+    with pytest.raises(LifecycleError, match="new"):
+        await manager.coordinate(op)
+
+
+async def test_transient_start_failures_are_retried_and_cleaned_up():
+    """Two transient failures, then success: three opens, every failure closed."""
+    resources = FakeResourceSet()
+    resources.failures = [StoreUnavailableError("down"), OSError("refused")]
+    manager = make_manager(resources)
+    await manager.start()
+    assert manager.state is State.RUNNING
+    assert resources.opens == 3
+    assert resources.closes == 2
+
+
+async def test_permanent_start_failure_is_not_retried():
+    """A non-transient failure ends start-up at once with one clear error."""
+    resources = FakeResourceSet()
+    resources.failures = [StoreError("database rejected the credentials")]
+    manager = make_manager(resources)
+    with pytest.raises(LifecycleError, match="start-up failed: database rejected"):
+        await manager.start()
+    assert resources.opens == 1
+    assert not resources.open_now
+    assert manager.state is State.STOPPED
+
+
+async def test_start_that_keeps_failing_gives_up_within_bounds():
+    """Retries are bounded by attempts; the last error is reported; nothing is open."""
+    resources = FakeResourceSet()
+    resources.failures = [StoreUnavailableError("database refused the connection")] * 5
+    manager = make_manager(resources)
+    with pytest.raises(LifecycleError, match="refused the connection"):
+        await manager.start()
+    assert resources.opens == 3
+    assert not resources.open_now
+
+
+async def test_failed_migration_closes_what_was_opened():
+    """A migration failure after the resources opened leaves none open."""
+    components = fake_components()
+    components.migrator.fail = StoreError("migration 0002 was edited")  # type: ignore[attr-defined]
+    resources = FakeResourceSet(components)
+    manager = make_manager(resources)
+    with pytest.raises(LifecycleError, match="edited"):
+        await manager.start()
+    assert not resources.open_now
+
+
+async def test_cancelled_start_closes_resources():
+    """Cancelling start-up (Ctrl-C while starting) closes what was opened."""
+
+    class SlowResources(FakeResourceSet):
+        async def open(self):
+            await super().open()
+            await asyncio.sleep(10)
+            return self.components
+
+    resources = SlowResources()
+    manager = make_manager(resources)
+    task = asyncio.create_task(manager.start())
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not resources.open_now
+    assert manager.state is State.STOPPED
+
+
+async def test_operations_are_routed_to_their_store():
+    """Each operation reaches the store that serves it and returns its result."""
+    components = fake_components()
+    manager = make_manager(FakeResourceSet(components))
+    await manager.start()
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+    items = [VectorItem("a", [1.0, 0.0]), VectorItem("b", [0.0, 1.0])]
+    assert await manager.coordinate(UpsertVectors("t1", "docs", items)) == 2
+    found = await manager.coordinate(SearchVectors("t1", "docs", [1.0, 0.1], k=1))
+    assert [m.id for m in found] == ["a"]  # type: ignore[attr-defined]
+
+    points = [Point(t0 + timedelta(seconds=i), float(i)) for i in range(5)]
+    assert await manager.coordinate(WritePoints("t1", "cpu.load", points)) == 5
+    got = await manager.coordinate(
+        QueryPoints("t1", "cpu.load", t0 + timedelta(seconds=1), t0 + timedelta(seconds=3))
+    )
+    assert [p.value for p in got] == [1.0, 2.0]  # type: ignore[attr-defined]
+
+    features = [Feature("x", 2.35, 48.85), Feature("y", 13.4, 52.5)]
+    assert await manager.coordinate(UpsertFeatures("t1", features)) == 2
+    near = await manager.coordinate(FeaturesNearby("t1", 2.35, 48.86, 5_000.0))
+    assert [m.feature.id for m in near] == ["x"]  # type: ignore[attr-defined]
+    assert manager.stats["UpsertVectors"].calls == 1
+
+
+async def test_unknown_operation_names_the_field():
+    """An operation type the manager does not know is a validation error."""
+
+    @dataclass(frozen=True)
+    class DropEverything:
+        tenant: str = "a"
+
+    manager = make_manager()
+    await manager.start()
+    with pytest.raises(ValidationError) as info:
+        await manager.coordinate(DropEverything())  # type: ignore[arg-type]
+    assert info.value.field == "operation"
+    assert "DropEverything" in str(info.value)
+
+
+async def test_bad_input_names_the_field_and_reaches_no_store():
+    """Validation happens before routing: the store sees nothing."""
+    components = fake_components()
+    manager = make_manager(FakeResourceSet(components))
+    await manager.start()
+    bad = UpsertVectors("t1", "docs", [VectorItem("a", [1.0, float("nan")])])
+    with pytest.raises(ValidationError) as info:
+        await manager.coordinate(bad)
+    assert info.value.field == "items[0].vector"
+    assert components.vectors.rows == {}  # type: ignore[attr-defined]
+
+
+async def test_transient_store_failure_is_retried():
+    """A transient store error is retried within the operation policy."""
+    components = fake_components()
+    components.vectors.fail_next = [StoreUnavailableError("blip")]  # type: ignore[attr-defined]
+    manager = make_manager(FakeResourceSet(components))
+    await manager.start()
+    n = await manager.coordinate(UpsertVectors("t1", "docs", [VectorItem("a", [1.0])]))
+    assert n == 1
+
+
+async def test_permanent_store_failure_is_raised_and_counted():
+    """A non-transient store error reaches the caller once and is counted."""
+    components = fake_components()
+    components.vectors.fail_next = [StoreError("nope"), StoreError("nope")]  # type: ignore[attr-defined]
+    manager = make_manager(FakeResourceSet(components))
+    await manager.start()
+    with pytest.raises(StoreError, match="nope"):
+        await manager.coordinate(UpsertVectors("t1", "docs", [VectorItem("a", [1.0])]))
+    assert len(components.vectors.fail_next) == 1  # type: ignore[attr-defined]
+    assert manager.stats["UpsertVectors"].failures == {"StoreError": 1}
+
+
+async def test_health_before_start_is_not_ready():
+    """Before start the report is DOWN and not ready, naming the state."""
+    report = await make_manager().health()
+    assert not report.ready
+    assert report.component("lake").reason == "new"
+
+
+async def test_health_reports_every_component_and_peer():
+    """A running manager checks the database, cache, stores and each mesh peer."""
+    components = fake_components()
+    object.__setattr__(components, "mesh", FakeMesh({"cortex": True, "stream": False}))
+    manager = make_manager(FakeResourceSet(components))
+    await manager.start()
+    report = await manager.health()
+    names = {c.name: c.status for c in report.components}
+    assert names == {
+        "postgres": Status.UP, "redis": Status.UP, "timeseries": Status.UP,
+        "spatial": Status.UP, "vectors": Status.UP,
+        "mesh.cortex": Status.UP, "mesh.stream": Status.DOWN,
+    }
+    assert report.ready
+    assert report.status is Status.DEGRADED
+
+
+async def test_concurrent_health_calls_share_one_probe():
+    """Two health() calls at once probe each component once."""
+    components = fake_components()
+    manager = make_manager(FakeResourceSet(components))
+    await manager.start()
+    await asyncio.gather(manager.health(), manager.health())
+    assert components.database.pings == 1  # type: ignore[attr-defined]
