@@ -23,7 +23,6 @@ from lake.container import aresolve, create_container
 from lake.errors import ConfigError, LakeError
 from lake.logs import configure_logging, register_secrets
 from lake.manager import ServiceManager
-from lake.resilience import install_retry_hooks
 from lake.resources.embedded import embedded_servers
 from lake.v1 import health_pb2, health_pb2_grpc
 
@@ -44,7 +43,6 @@ def _settings(ctx: click.Context) -> dict[str, Any]:
 def _setup(settings: dict[str, Any]) -> None:
     configure_logging(settings["logging"]["format"], settings["logging"]["level"])
     register_secrets([settings["postgres"]["password"], settings["redis"]["password"]])
-    install_retry_hooks()
 
 
 @contextmanager

@@ -14,9 +14,11 @@ from collections.abc import Iterable, MutableMapping
 from typing import Any, TextIO
 
 import structlog
+from stamina.instrumentation import RetryDetails, set_on_retry_hooks
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from lake.config import mask_text, masked
+from lake.errors import LakeError
 
 __all__ = ["bind_operation", "configure_logging", "redact", "register_secrets"]
 
@@ -56,6 +58,21 @@ def redact(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
     return event_dict
 
 
+def _log_retry(details: RetryDetails) -> None:
+    # stamina's own structlog hook logs the call's args and kwargs (a DSN, say).
+    structlog.get_logger("lake.retry").warning(
+        "retrying",
+        callable=details.name,
+        retry_num=details.retry_num,
+        wait_for=round(details.wait_for, 3),
+        waited_so_far=round(details.waited_so_far, 3),
+        error=type(details.caused_by).__name__,
+        reason=str(details.caused_by)
+        if isinstance(details.caused_by, LakeError)
+        else None,
+    )
+
+
 def _chain(fmt: str) -> tuple[list[Processor], Processor]:
     exceptions: Processor
     if fmt == "json":
@@ -81,7 +98,10 @@ def configure_logging(
 ) -> None:
     """
     Configure structlog and stdlib logging to write one redacted line per event.
+
+    Also routes stamina's retry events through Lake's own hook.
     """
+    set_on_retry_hooks([_log_retry])
     shared, renderer = _chain(fmt)
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(

@@ -87,7 +87,9 @@ class FakeVectorStore(FakePingable):
         self.rows: dict[tuple[str, str, str], VectorItem] = {}
         self.fail_next: list[Exception] = []
 
-    async def upsert(self, tenant: str, collection: str, items: list[VectorItem]) -> int:
+    async def upsert(
+        self, tenant: str, collection: str, items: list[VectorItem]
+    ) -> int:
         if self.fail_next:
             raise self.fail_next.pop(0)
         for item in items:

@@ -30,14 +30,26 @@ from pathlib import Path
 
 import structlog
 
-from lake.errors import ConfigError
+from lake.errors import ConfigError, LakeError
 
-__all__ = ["EmbeddedPostgres", "EmbeddedRedis", "Endpoint", "embedded_servers"]
+__all__ = [
+    "EmbeddedPostgres",
+    "EmbeddedRedis",
+    "EmbeddedServerError",
+    "Endpoint",
+    "embedded_servers",
+]
 
 log = structlog.get_logger(__name__)
 
 _PG_OS_USER = "lake-postgres"
 _START_TIMEOUT_S = 60
+
+
+class EmbeddedServerError(LakeError):
+    """
+    An embedded server could not be prepared, started or stopped.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,8 +118,8 @@ def _ensure_os_user(name: str) -> None:
 
 
 def _open_path_to(path: Path) -> None:
-    # Let another user traverse (not list) every directory above ``path``.
-    for parent in path.resolve().parents:
+    # Let another user traverse (not list) ``path`` and every directory above it.
+    for parent in [path.resolve(), *path.resolve().parents]:
         mode = parent.stat().st_mode
         if not mode & 0o001:
             parent.chmod(mode | 0o001)
@@ -126,14 +138,22 @@ class EmbeddedPostgres:
         self._user = _PG_OS_USER if _is_root() else None
 
     def _run(self, *args: str, timeout: float = _START_TIMEOUT_S) -> None:
-        subprocess.run(  # noqa: S603 -- our own binaries, fixed flags
-            [str(self.bin / args[0]), *args[1:]],
-            check=True,
-            capture_output=True,
-            timeout=timeout,
-            user=self._user,
-            cwd=self.data_dir,
-        )
+        try:
+            subprocess.run(  # noqa: S603 -- our own binaries, fixed flags
+                [str(self.bin / args[0]), *args[1:]],
+                check=True,
+                capture_output=True,
+                timeout=timeout,
+                # Drop root's group and supplementary groups too, as su would.
+                user=self._user,
+                group=self._user,
+                extra_groups=[] if self._user else None,
+                cwd=self.data_dir,
+            )
+        except subprocess.CalledProcessError as exc:
+            tail = exc.stderr.decode(errors="replace").strip().splitlines()[-3:]
+            msg = f"embedded {args[0]} failed: {' / '.join(tail)}"
+            raise EmbeddedServerError(msg) from None
 
     def _prepare(self, password: str) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -178,6 +198,8 @@ class EmbeddedPostgres:
     def start(self) -> Endpoint:
         """
         Initialise the data directory if needed and start the server.
+
+        A restart of the same instance keeps its port, so clients reconnect.
         """
         self.data_dir.mkdir(parents=True, exist_ok=True)
         password = _secret(self.data_dir / "postgres.password")
@@ -185,7 +207,7 @@ class EmbeddedPostgres:
         if self._pid() is not None:
             log.warning("embedded_postgres_left_running", action="stopping it")
             self.stop()
-        self.port = free_port()
+        self.port = self.port or free_port()
         options = (
             f"-c listen_addresses=127.0.0.1 -p {self.port}"
             " -c unix_socket_directories='' -c max_connections=100"
@@ -227,7 +249,7 @@ class EmbeddedPostgres:
                 "stop",
                 timeout=30,
             )
-        except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+        except (EmbeddedServerError, subprocess.TimeoutExpired):
             log.warning("embedded_postgres_killed", pid=pid)
             os.kill(pid, signal.SIGKILL)
         log.info("embedded_postgres_stopped")
@@ -260,11 +282,13 @@ class EmbeddedRedis:
     def start(self) -> Endpoint:
         """
         Start redis-server with a generated password and a config file of its own.
+
+        A restart of the same instance keeps its port, so clients reconnect.
         """
         self.dir.mkdir(parents=True, exist_ok=True)
         password = _secret(self.data_dir / "redis.password")
         self._stop_leftover()
-        self.port = free_port()
+        self.port = self.port or free_port()
         conf = self.dir / "redis.conf"
         conf.write_text(
             f"port {self.port}\nbind 127.0.0.1\nprotected-mode yes\n"
@@ -317,7 +341,7 @@ def _wait_listening(port: int, proc: subprocess.Popen[bytes], seconds: float) ->
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             msg = "embedded redis-server exited at start"
-            raise ConfigError(msg)
+            raise EmbeddedServerError(msg)
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return
@@ -325,7 +349,7 @@ def _wait_listening(port: int, proc: subprocess.Popen[bytes], seconds: float) ->
             time.sleep(0.05)
     proc.kill()
     msg = "embedded redis-server did not start listening in time"
-    raise ConfigError(msg)
+    raise EmbeddedServerError(msg)
 
 
 @contextmanager

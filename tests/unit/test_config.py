@@ -14,7 +14,12 @@ from lake.errors import ConfigError
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch):
-    for name in ("LAKE_ENV", "LAKE_SETTINGS_FILES", "LAKE_POSTGRES__DSN", "LAKE_REDIS__URL"):
+    for name in (
+        "LAKE_ENV",
+        "LAKE_SETTINGS_FILES",
+        "LAKE_POSTGRES__DSN",
+        "LAKE_REDIS__URL",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -111,7 +116,9 @@ def test_another_settings_file(tmp_path, monkeypatch):
     (tmp_path / "settings.toml").write_text(
         original.replace('service_name = "lake"', 'service_name = "lake-eu"')
     )
-    (tmp_path / ".secrets.toml").write_text('[default.postgres]\npassword = "s3cret-pw"\n')
+    (tmp_path / ".secrets.toml").write_text(
+        '[default.postgres]\npassword = "s3cret-pw"\n'
+    )
     monkeypatch.setenv("LAKE_SETTINGS_FILES", str(tmp_path / "settings.toml"))
     values = load_settings("testing")
     assert values["service_name"] == "lake-eu"
@@ -128,7 +135,10 @@ def test_masked_hides_secrets_and_dsn_credentials():
     """Secret keys and DSN passwords are masked; everything else is kept."""
     shown = masked(
         {
-            "postgres": {"dsn": "postgresql://lake:hunter2@db:5432/lake", "password": "pw"},
+            "postgres": {
+                "dsn": "postgresql://lake:hunter2@db:5432/lake",
+                "password": "pw",
+            },
             "redis": {"url": "redis://:tok3n@cache:6379/0", "password": ""},
             "grpc": {"address": "127.0.0.1:50051"},
         }

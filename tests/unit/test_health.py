@@ -70,7 +70,11 @@ async def test_reasons_are_redacted():
         raise ConnectionRefusedError(111, "Connect call failed ('10.0.0.1', 5432)")
 
     report = await run_checks(
-        [Check("a", leaky, True), Check("b", lake_error, True), Check("c", refused, True)],
+        [
+            Check("a", leaky, True),
+            Check("b", lake_error, True),
+            Check("c", refused, True),
+        ],
         time_box=1.0,
     )
     reasons = {c.name: c.reason for c in report.components}

@@ -172,7 +172,9 @@ async def test_operations_are_routed_to_their_store():
     points = [Point(t0 + timedelta(seconds=i), float(i)) for i in range(5)]
     assert await manager.coordinate(WritePoints("t1", "cpu.load", points)) == 5
     got = await manager.coordinate(
-        QueryPoints("t1", "cpu.load", t0 + timedelta(seconds=1), t0 + timedelta(seconds=3))
+        QueryPoints(
+            "t1", "cpu.load", t0 + timedelta(seconds=1), t0 + timedelta(seconds=3)
+        )
     )
     assert [p.value for p in got] == [1.0, 2.0]  # type: ignore[attr-defined]
 
@@ -248,9 +250,13 @@ async def test_health_reports_every_component_and_peer():
     report = await manager.health()
     names = {c.name: c.status for c in report.components}
     assert names == {
-        "postgres": Status.UP, "redis": Status.UP, "timeseries": Status.UP,
-        "spatial": Status.UP, "vectors": Status.UP,
-        "mesh.cortex": Status.UP, "mesh.stream": Status.DOWN,
+        "postgres": Status.UP,
+        "redis": Status.UP,
+        "timeseries": Status.UP,
+        "spatial": Status.UP,
+        "vectors": Status.UP,
+        "mesh.cortex": Status.UP,
+        "mesh.stream": Status.DOWN,
     }
     assert report.ready
     assert report.status is Status.DEGRADED

@@ -42,18 +42,28 @@ NAN, INF = float("nan"), float("inf")
         (SearchVectors("t1", "docs", [1.0], k=0), "k"),
         (SearchVectors("t1", "docs", [1.0], k=11), "k"),
         (UpsertVectors("t1", "docs", []), "items"),
-        (UpsertVectors("t1", "docs", [VectorItem(str(i), [1.0]) for i in range(4)]), "items"),
+        (
+            UpsertVectors("t1", "docs", [VectorItem(str(i), [1.0]) for i in range(4)]),
+            "items",
+        ),
         (UpsertVectors("t1", "docs", [VectorItem("", [1.0])]), "items[0].id"),
         (UpsertVectors("t1", "docs", [VectorItem("a\x00b", [1.0])]), "items[0].id"),
         (
-            UpsertVectors("t1", "docs", [VectorItem("a", [1.0]), VectorItem("a", [2.0])]),
+            UpsertVectors(
+                "t1", "docs", [VectorItem("a", [1.0]), VectorItem("a", [2.0])]
+            ),
             "items[1].id",
         ),
         (
-            UpsertVectors("t1", "docs", [VectorItem("a", [1.0]), VectorItem("b", [1.0, 2])]),
+            UpsertVectors(
+                "t1", "docs", [VectorItem("a", [1.0]), VectorItem("b", [1.0, 2])]
+            ),
             "items[1].vector",
         ),
-        (UpsertVectors("t1", "docs", [VectorItem("a", [1.0], {"x": NAN})]), "items[0].metadata"),
+        (
+            UpsertVectors("t1", "docs", [VectorItem("a", [1.0], {"x": NAN})]),
+            "items[0].metadata",
+        ),
         (WritePoints("t1", "cpu", [Point(datetime(2026, 1, 1), 1.0)]), "points[0].ts"),
         (WritePoints("t1", "cpu", [Point(T0, NAN)]), "points[0].value"),
         (WritePoints("t1", "cpu", [Point(T0, 1.0)], tags={"Bad Key": "x"}), "tags"),
@@ -79,7 +89,9 @@ def test_bad_input_names_the_field(operation, field):
     "operation",
     [
         SearchVectors("t1", "docs", [1.0, 2.0], k=10),
-        UpsertVectors("tenant-1", "docs.v2", [VectorItem("a", [1, 2.5], {"k": [1, "x"]})]),
+        UpsertVectors(
+            "tenant-1", "docs.v2", [VectorItem("a", [1, 2.5], {"k": [1, "x"]})]
+        ),
         WritePoints("t_1", "cpu.load", [Point(T0, 0.5)], tags={"host": "a"}),
         QueryPoints("t1", "cpu", T0, T0 + timedelta(hours=1), limit=100),
         UpsertFeatures("t1", [Feature("a", -180.0, 90.0, {"name": "pole"})]),
