@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, overload
 
 import structlog
 
@@ -33,13 +33,16 @@ from lake.health import (
     run_checks,
 )
 from lake.operations import (
+    FeatureMatch,
     FeaturesNearby,
     Limits,
     Operation,
+    Point,
     QueryPoints,
     SearchVectors,
     UpsertFeatures,
     UpsertVectors,
+    VectorMatch,
     WritePoints,
 )
 from lake.ports import Components, ResourceSet
@@ -231,6 +234,17 @@ class ServiceManager:
         return checks
 
     # --- operations -----------------------------------------------------------------
+
+    @overload
+    async def coordinate(
+        self, operation: UpsertVectors | WritePoints | UpsertFeatures
+    ) -> int: ...
+    @overload
+    async def coordinate(self, operation: SearchVectors) -> list[VectorMatch]: ...
+    @overload
+    async def coordinate(self, operation: QueryPoints) -> list[Point]: ...
+    @overload
+    async def coordinate(self, operation: FeaturesNearby) -> list[FeatureMatch]: ...
 
     async def coordinate(self, operation: Operation) -> object:
         """

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -198,16 +199,30 @@ class FakeMigrator:
         return None
 
 
-def fake_components() -> Components:
-    return Components(
-        database=FakeDatabase(),
-        cache=FakeCache(),
-        vectors=FakeVectorStore(),
-        series=FakeTimeSeriesStore(),
-        spatial=FakeSpatialStore(),
-        mesh=FakeMesh(),
-        migrator=FakeMigrator(),
-    )
+@dataclass
+class Fakes:
+    """
+    One fake per component, typed concretely so tests can inspect them.
+    """
+
+    database: FakeDatabase = field(default_factory=FakeDatabase)
+    cache: FakeCache = field(default_factory=FakeCache)
+    vectors: FakeVectorStore = field(default_factory=FakeVectorStore)
+    series: FakeTimeSeriesStore = field(default_factory=FakeTimeSeriesStore)
+    spatial: FakeSpatialStore = field(default_factory=FakeSpatialStore)
+    mesh: FakeMesh = field(default_factory=FakeMesh)
+    migrator: FakeMigrator = field(default_factory=FakeMigrator)
+
+    def components(self) -> Components:
+        return Components(
+            database=self.database,
+            cache=self.cache,
+            vectors=self.vectors,
+            series=self.series,
+            spatial=self.spatial,
+            mesh=self.mesh,
+            migrator=self.migrator,
+        )
 
 
 class FakeResourceSet:
@@ -216,7 +231,7 @@ class FakeResourceSet:
     """
 
     def __init__(self, components: Components | None = None) -> None:
-        self.components = components or fake_components()
+        self.components = components or Fakes().components()
         self.failures: list[Exception] = []
         self.opens = 0
         self.closes = 0

@@ -40,12 +40,10 @@ def generate(out: Path = ROOT) -> list[Path]:
         raise RuntimeError(msg)
     written = []
     for proto in protos:
-        package_dir = out / proto.relative_to(proto_root).parent
-        for d in [package_dir, *package_dir.relative_to(out).parents]:
-            init = out / d / "__init__.py" if d != Path() else None
-            if init is not None and not init.exists():
-                init.touch()
-        written += sorted(package_dir.glob(proto.stem + "_pb2*"))
+        relative = proto.relative_to(proto_root).parent
+        for package in (relative, *relative.parents[:-1]):
+            (out / package / "__init__.py").touch(exist_ok=True)
+        written += sorted((out / relative).glob(proto.stem + "_pb2*"))
     return written
 
 

@@ -111,7 +111,7 @@ async def test_edited_migration_is_refused(lake_settings):
 
 
 async def test_unreachable_postgres_fails_start_and_leaves_no_redis_connection(servers):
-    """PostgreSQL down at start: bounded retries, one clear error, Redis closed again."""
+    """PostgreSQL down at start: bounded retries, one clear error, Redis closed."""
     settings = live_settings(servers, "postgresql://postgres@127.0.0.1:1/postgres")
     probe = aioredis.Redis.from_url(
         servers["redis"].url, password=servers["redis"].password

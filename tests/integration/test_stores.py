@@ -175,7 +175,8 @@ async def test_database_constraint_errors_carry_no_sql(manager, container):
     with pytest.raises(ConflictError) as info:
         async with db.transaction("t1") as conn:
             await conn.execute(
-                "INSERT INTO features (tenant_id, id, lon, lat) VALUES ('t1', 'x', 0, 0),"
+                "INSERT INTO features (tenant_id, id, lon, lat)"
+                " VALUES ('t1', 'x', 0, 0),"
                 " ('t1', 'x', 1, 1)"
             )
     text = str(info.value)

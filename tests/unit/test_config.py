@@ -104,7 +104,7 @@ def test_unknown_profile_is_refused():
 
 @pytest.mark.parametrize("value", ["@jinja {{ this.__class__ }}", "@format {env}"])
 def test_template_values_from_the_environment_are_refused(monkeypatch, value):
-    """dynaconf templates from the environment would run code: refused (CVE-2026-33154)."""
+    """Templates from the environment would run code: refused (CVE-2026-33154)."""
     monkeypatch.setenv("LAKE_SERVICE_NAME", value)
     with pytest.raises(ConfigError, match="LAKE_SERVICE_NAME"):
         load_settings("testing")

@@ -4,6 +4,8 @@ The real container with every provider overridden by a fake.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from lake.container import aresolve, create_container
@@ -23,7 +25,7 @@ from tests.fakes import (
 )
 
 
-def overridden(settings, **extra):
+def overridden(settings: dict[str, Any], **extra: object) -> tuple[Any, Any, list[str]]:
     container = create_container(settings)
     order: list[str] = []
     fakes = {
@@ -58,7 +60,7 @@ async def test_every_provider_can_be_replaced_by_a_fake(settings):
     assert fakes["migrator"].runs == 1
     await manager.coordinate(UpsertVectors("t1", "docs", [VectorItem("a", [1.0, 0.0])]))
     found = await manager.coordinate(SearchVectors("t1", "docs", [1.0, 0.0], k=3))
-    assert [m.id for m in found] == ["a"]  # type: ignore[attr-defined]
+    assert [m.id for m in found] == ["a"]
     assert ("t1", "docs", "a") in fakes["vectors"].rows
     report = await manager.health()
     assert report.ready
@@ -71,7 +73,7 @@ async def test_every_provider_can_be_replaced_by_a_fake(settings):
 async def test_start_failing_half_way_leaves_no_resource_open(settings):
     """When Redis cannot open, the PostgreSQL pool that did open is closed again."""
     failing = FailingResource(StoreUnavailableError("redis refused"))
-    container, fakes, order = overridden(settings, redis=failing)
+    container, fakes, _ = overridden(settings, redis=failing)
     manager = await aresolve(container.manager)
     with pytest.raises(LifecycleError, match="redis refused"):
         await manager.start()

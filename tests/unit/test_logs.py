@@ -51,10 +51,13 @@ def test_registered_secret_is_masked_inside_exception_text():
     """A known secret inside an exception message and traceback is masked."""
     register_secrets(["Sup3r-Secret-PW"])
 
+    def fail() -> None:
+        msg = "login failed with password Sup3r-Secret-PW"
+        raise RuntimeError(msg)
+
     def emit(log):
         try:
-            msg = "login failed with password Sup3r-Secret-PW"
-            raise RuntimeError(msg)
+            fail()
         except RuntimeError:
             log.exception("login_failed")
 

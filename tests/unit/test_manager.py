@@ -31,7 +31,7 @@ from lake.operations import (
     WritePoints,
 )
 from lake.resilience import RetryPolicy
-from tests.fakes import FakeMesh, FakeResourceSet, fake_components
+from tests.fakes import FakeMesh, FakeResourceSet, Fakes
 
 
 def make_manager(resources: FakeResourceSet | None = None) -> ServiceManager:
@@ -128,9 +128,9 @@ async def test_start_that_keeps_failing_gives_up_within_bounds():
 
 async def test_failed_migration_closes_what_was_opened():
     """A migration failure after the resources opened leaves none open."""
-    components = fake_components()
-    components.migrator.fail = StoreError("migration 0002 was edited")  # type: ignore[attr-defined]
-    resources = FakeResourceSet(components)
+    fakes = Fakes()
+    fakes.migrator.fail = StoreError("migration 0002 was edited")
+    resources = FakeResourceSet(fakes.components())
     manager = make_manager(resources)
     with pytest.raises(LifecycleError, match="edited"):
         await manager.start()
@@ -159,15 +159,15 @@ async def test_cancelled_start_closes_resources():
 
 async def test_operations_are_routed_to_their_store():
     """Each operation reaches the store that serves it and returns its result."""
-    components = fake_components()
-    manager = make_manager(FakeResourceSet(components))
+    fakes = Fakes()
+    manager = make_manager(FakeResourceSet(fakes.components()))
     await manager.start()
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
 
     items = [VectorItem("a", [1.0, 0.0]), VectorItem("b", [0.0, 1.0])]
     assert await manager.coordinate(UpsertVectors("t1", "docs", items)) == 2
     found = await manager.coordinate(SearchVectors("t1", "docs", [1.0, 0.1], k=1))
-    assert [m.id for m in found] == ["a"]  # type: ignore[attr-defined]
+    assert [m.id for m in found] == ["a"]
 
     points = [Point(t0 + timedelta(seconds=i), float(i)) for i in range(5)]
     assert await manager.coordinate(WritePoints("t1", "cpu.load", points)) == 5
@@ -176,12 +176,12 @@ async def test_operations_are_routed_to_their_store():
             "t1", "cpu.load", t0 + timedelta(seconds=1), t0 + timedelta(seconds=3)
         )
     )
-    assert [p.value for p in got] == [1.0, 2.0]  # type: ignore[attr-defined]
+    assert [p.value for p in got] == [1.0, 2.0]
 
     features = [Feature("x", 2.35, 48.85), Feature("y", 13.4, 52.5)]
     assert await manager.coordinate(UpsertFeatures("t1", features)) == 2
     near = await manager.coordinate(FeaturesNearby("t1", 2.35, 48.86, 5_000.0))
-    assert [m.feature.id for m in near] == ["x"]  # type: ignore[attr-defined]
+    assert [m.feature.id for m in near] == ["x"]
     assert manager.stats["UpsertVectors"].calls == 1
 
 
@@ -195,28 +195,28 @@ async def test_unknown_operation_names_the_field():
     manager = make_manager()
     await manager.start()
     with pytest.raises(ValidationError) as info:
-        await manager.coordinate(DropEverything())  # type: ignore[arg-type]
+        await manager.coordinate(DropEverything())  # type: ignore[call-overload]
     assert info.value.field == "operation"
     assert "DropEverything" in str(info.value)
 
 
 async def test_bad_input_names_the_field_and_reaches_no_store():
     """Validation happens before routing: the store sees nothing."""
-    components = fake_components()
-    manager = make_manager(FakeResourceSet(components))
+    fakes = Fakes()
+    manager = make_manager(FakeResourceSet(fakes.components()))
     await manager.start()
     bad = UpsertVectors("t1", "docs", [VectorItem("a", [1.0, float("nan")])])
     with pytest.raises(ValidationError) as info:
         await manager.coordinate(bad)
     assert info.value.field == "items[0].vector"
-    assert components.vectors.rows == {}  # type: ignore[attr-defined]
+    assert fakes.vectors.rows == {}
 
 
 async def test_transient_store_failure_is_retried():
     """A transient store error is retried within the operation policy."""
-    components = fake_components()
-    components.vectors.fail_next = [StoreUnavailableError("blip")]  # type: ignore[attr-defined]
-    manager = make_manager(FakeResourceSet(components))
+    fakes = Fakes()
+    fakes.vectors.fail_next = [StoreUnavailableError("blip")]
+    manager = make_manager(FakeResourceSet(fakes.components()))
     await manager.start()
     n = await manager.coordinate(UpsertVectors("t1", "docs", [VectorItem("a", [1.0])]))
     assert n == 1
@@ -224,13 +224,13 @@ async def test_transient_store_failure_is_retried():
 
 async def test_permanent_store_failure_is_raised_and_counted():
     """A non-transient store error reaches the caller once and is counted."""
-    components = fake_components()
-    components.vectors.fail_next = [StoreError("nope"), StoreError("nope")]  # type: ignore[attr-defined]
-    manager = make_manager(FakeResourceSet(components))
+    fakes = Fakes()
+    fakes.vectors.fail_next = [StoreError("nope"), StoreError("nope")]
+    manager = make_manager(FakeResourceSet(fakes.components()))
     await manager.start()
     with pytest.raises(StoreError, match="nope"):
         await manager.coordinate(UpsertVectors("t1", "docs", [VectorItem("a", [1.0])]))
-    assert len(components.vectors.fail_next) == 1  # type: ignore[attr-defined]
+    assert len(fakes.vectors.fail_next) == 1
     assert manager.stats["UpsertVectors"].failures == {"StoreError": 1}
 
 
@@ -243,9 +243,9 @@ async def test_health_before_start_is_not_ready():
 
 async def test_health_reports_every_component_and_peer():
     """A running manager checks the database, cache, stores and each mesh peer."""
-    components = fake_components()
-    object.__setattr__(components, "mesh", FakeMesh({"cortex": True, "stream": False}))
-    manager = make_manager(FakeResourceSet(components))
+    fakes = Fakes()
+    fakes.mesh = FakeMesh({"cortex": True, "stream": False})
+    manager = make_manager(FakeResourceSet(fakes.components()))
     await manager.start()
     report = await manager.health()
     names = {c.name: c.status for c in report.components}
@@ -264,8 +264,8 @@ async def test_health_reports_every_component_and_peer():
 
 async def test_concurrent_health_calls_share_one_probe():
     """Two health() calls at once probe each component once."""
-    components = fake_components()
-    manager = make_manager(FakeResourceSet(components))
+    fakes = Fakes()
+    manager = make_manager(FakeResourceSet(fakes.components()))
     await manager.start()
     await asyncio.gather(manager.health(), manager.health())
-    assert components.database.pings == 1  # type: ignore[attr-defined]
+    assert fakes.database.pings == 1

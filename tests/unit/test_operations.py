@@ -34,7 +34,7 @@ NAN, INF = float("nan"), float("inf")
         (SearchVectors("", "docs", [1.0]), "tenant"),
         (SearchVectors("t" * 64, "docs", [1.0]), "tenant"),
         (SearchVectors("t1", 'x"; DROP TABLE t;--', [1.0]), "collection"),
-        (SearchVectors("t1", "d\u043eсs", [1.0]), "collection"),
+        (SearchVectors("t1", "d\u043e\u0441s", [1.0]), "collection"),  # Cyrillic o, s
         (SearchVectors("t1", "docs", []), "vector"),
         (SearchVectors("t1", "docs", [1.0] * 9), "vector"),
         (SearchVectors("t1", "docs", [NAN]), "vector"),
