@@ -30,6 +30,9 @@ __all__ = ["main"]
 
 log = structlog.get_logger("lake.cli")
 
+# A repeat of the stop signal within this window counts as the same signal.
+_REPEAT_WINDOW_S = 1.0
+
 
 def _settings(ctx: click.Context) -> dict[str, Any]:
     obj: dict[str, Any] = ctx.ensure_object(dict)
@@ -125,6 +128,9 @@ def serve(ctx: click.Context) -> None:
             code = asyncio.run(_serve(effective))
     except LakeError as exc:
         raise click.ClickException(str(exc)) from None
+    except asyncio.CancelledError:
+        log.warning("stopped_at_once")
+        code = 130
     sys.exit(code)
 
 
@@ -143,13 +149,22 @@ async def _serve(settings: dict[str, Any]) -> int:
     loop = asyncio.get_running_loop()
     main_task = asyncio.current_task()
 
+    first_at = 0.0
+
     def on_signal(signame: str) -> None:
-        if stop.is_set() and main_task is not None:
-            log.warning("second_signal", signal=signame, action="stopping at once")
-            main_task.cancel()
+        nonlocal first_at
+        if not stop.is_set():
+            first_at = loop.time()
+            log.info("signal_received", signal=signame, action="graceful stop")
+            stop.set()
             return
-        log.info("signal_received", signal=signame, action="graceful stop")
-        stop.set()
+        if loop.time() - first_at < _REPEAT_WINDOW_S:
+            # The same signal twice at once: a wrapper (uv run, an init) forwarding
+            # it, or pkill matching both; not a request to hurry.
+            return
+        log.warning("second_signal", signal=signame, action="stopping at once")
+        if main_task is not None:
+            main_task.cancel()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig.name)

@@ -80,4 +80,9 @@ async def open_pg_pool(
         except TimeoutError:
             pool.terminate()
             log.warning("pg_pool_terminated", after_s=close_timeout)
+        except asyncio.CancelledError:
+            # Stopping at once (a second signal): drop the connections, don't wait.
+            pool.terminate()
+            log.warning("pg_pool_terminated", reason="cancelled")
+            raise
         log.info("pg_pool_closed")

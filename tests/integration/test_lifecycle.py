@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+from datetime import UTC, datetime
 
 import asyncpg
 import pytest
@@ -169,3 +170,53 @@ async def test_role_without_rights_gets_a_redacted_error(servers, database):
             async with db.transaction() as c:
                 await c.execute("SELECT * FROM no_such_table")
     assert str(info.value) == "database error"
+
+
+async def test_server_without_pgvector_serves_the_rest(lake_settings):
+    """Without pgvector the vector store is DOWN, Lake is DEGRADED but ready."""
+    from dependency_injector import providers
+
+    from lake.operations import (
+        Point,
+        QueryPoints,
+        SearchVectors,
+        UpsertVectors,
+        VectorItem,
+        WritePoints,
+    )
+
+    # As on PostgreSQL 15 without pgvector: the vector migration's extension is absent.
+    without_vector = [
+        Migration(
+            m.version,
+            m.name,
+            m.sql,
+            m.requires | {"pgvector_absent"} if "vector" in m.requires else m.requires,
+        )
+        for m in load_migrations()
+    ]
+    container = create_container(lake_settings)
+    container.migrator.override(
+        providers.Singleton(Migrator, container.database, without_vector)
+    )
+    manager = await aresolve(container.manager)
+    await manager.start()
+    try:
+        report = await manager.health()
+        vectors = report.component("vectors")
+        assert vectors.status is Status.DOWN
+        assert "pgvector" in vectors.reason
+        assert report.ready
+        assert report.status is Status.DEGRADED
+        with pytest.raises(StoreUnavailableError, match="pgvector"):
+            await manager.coordinate(
+                UpsertVectors("t1", "docs", [VectorItem("a", [1.0])])
+            )
+        with pytest.raises(StoreUnavailableError):
+            await manager.coordinate(SearchVectors("t1", "docs", [1.0]))
+        t0 = datetime(2026, 1, 1, tzinfo=UTC)
+        await manager.coordinate(WritePoints("t1", "m", [Point(t0, 1.0)]))
+        got = await manager.coordinate(QueryPoints("t1", "m", t0, t0.replace(day=2)))
+        assert [p.value for p in got] == [1.0]
+    finally:
+        await manager.stop()
