@@ -22,7 +22,9 @@ from lake.errors import ConfigError
 __all__ = ["PROFILES", "load_settings", "mask_text", "masked", "settings_files"]
 
 PROFILES = ("development", "testing", "production")
-_SECRET_KEY = re.compile(r"password|secret|token|api_key|credential", re.IGNORECASE)
+_SECRET_KEY = re.compile(
+    r"password|secret|token|api_key|credential|cursor_key", re.IGNORECASE
+)
 _DSN_CREDENTIALS = re.compile(
     r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:@/\s]*):[^@/\s]+@"
 )
@@ -86,8 +88,20 @@ def _validators(profile: str) -> list[Validator]:
             "health.check_timeout",
             "health.interval",
             "mesh.call_timeout",
+            "cache.timeout",
+            "cache.cooldown_s",
+            "timeseries.maintenance_interval",
             is_type_of=(int, float),
             **positive,
+        ),
+        Validator(
+            "timeseries.retention_days",
+            "timeseries.future_days",
+            "cache.ttl_s",
+            "vectors.ef_search",
+            "limits.max_range_days",
+            is_type_of=int,
+            gte=1,
         ),
         Validator("startup.attempts", is_type_of=int, gte=1),
         Validator("redis.retries", is_type_of=int, gte=0),

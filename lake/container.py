@@ -17,13 +17,14 @@ reverse dependency order when it stops. Tests override any provider with a fake.
 from __future__ import annotations
 
 import inspect
+from datetime import timedelta
 from typing import Any, TypeVar, cast
 
 from dependency_injector import containers, providers
 
 from lake.manager import ServiceManager
 from lake.mesh.client import open_mesh
-from lake.operations import Limits
+from lake.models import Limits
 from lake.ports import Components
 from lake.resilience import RetryPolicy
 from lake.resources.postgres import open_pg_pool
@@ -112,9 +113,23 @@ class Container(containers.DeclarativeContainer):
     database = providers.Singleton(
         Database, pg_pool, acquire_timeout=config.postgres.acquire_timeout
     )
-    cache = providers.Singleton(RedisCache, redis, timeout=config.redis.socket_timeout)
-    vectors = providers.Singleton(PgVectorStore, database)
-    series = providers.Singleton(PgTimeSeriesStore, database)
+    cache = providers.Singleton(
+        RedisCache,
+        redis,
+        timeout=config.cache.timeout,
+        ttl_s=config.cache.ttl_s,
+        cooldown_s=config.cache.cooldown_s,
+    )
+    vectors = providers.Singleton(
+        PgVectorStore, database, default_ef_search=config.vectors.ef_search
+    )
+    series = providers.Singleton(
+        PgTimeSeriesStore,
+        database,
+        retention_days=config.timeseries.retention_days,
+        future_days=config.timeseries.future_days,
+        cursor_key=config.timeseries.cursor_key,
+    )
     spatial = providers.Singleton(PgSpatialStore, database)
     migrator = providers.Singleton(Migrator, database)
 
@@ -139,6 +154,10 @@ class Container(containers.DeclarativeContainer):
             max_top_k=config.limits.max_top_k,
             max_range_points=config.limits.max_range_points,
             max_radius_m=config.limits.max_radius_m,
+            max_range=providers.Factory(timedelta, days=config.limits.max_range_days),
+            max_buckets=config.limits.max_buckets,
+            max_polygon_vertices=config.limits.max_polygon_vertices,
+            max_ef_search=config.limits.max_ef_search,
         ),
         startup=providers.Factory(
             RetryPolicy,

@@ -9,7 +9,8 @@ One error tree for every deliberate failure in Lake.
     ├─ ValidationError(LakeError, ValueError)   bad operation input; names the field
     ├─ StoreError(LakeError)
     │  ├─ NotFoundError                         the named thing does not exist
-    │  └─ ConflictError                         the write contradicts what is stored
+    │  ├─ ConflictError                         the write contradicts what is stored
+    │  └─ UnsupportedError                      the server lacks a capability (pgvector)
     ├─ MeshError(LakeError)                     a peer answered with an error
     └─ TransientError(LakeError)                retry-safe; paired with a domain base
        ├─ StoreUnavailableError(TransientError, StoreError)
@@ -33,6 +34,7 @@ __all__ = [
     "StoreError",
     "StoreUnavailableError",
     "TransientError",
+    "UnsupportedError",
     "ValidationError",
 ]
 
@@ -81,6 +83,12 @@ class NotFoundError(StoreError):
 class ConflictError(StoreError):
     """
     The write contradicts what is already stored.
+    """
+
+
+class UnsupportedError(StoreError):
+    """
+    The database server lacks what the operation needs; retrying will not help.
     """
 
 

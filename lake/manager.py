@@ -23,6 +23,14 @@ from typing import Any, overload
 
 import structlog
 
+from lake.codec import (
+    BUCKETS,
+    FEATURE_MATCHES,
+    POINT_PAGE,
+    VECTOR_MATCHES,
+    Codec,
+    cache_key,
+)
 from lake.errors import LakeError, LifecycleError, ValidationError
 from lake.health import (
     Check,
@@ -32,17 +40,30 @@ from lake.health import (
     aggregate,
     run_checks,
 )
-from lake.operations import (
+from lake.models import (
+    SPATIAL_SCOPE,
+    Bucket,
+    Collection,
     FeatureMatch,
-    FeaturesNearby,
     Limits,
+    PointPage,
+    VectorMatch,
+    series_scope,
+    vector_scope,
+)
+from lake.operations import (
+    AggregatePoints,
+    CreateCollection,
+    DeleteVectors,
+    FeaturesInBox,
+    FeaturesInPolygon,
+    FeaturesNearby,
+    FeaturesNearest,
     Operation,
-    Point,
     QueryPoints,
     SearchVectors,
     UpsertFeatures,
     UpsertVectors,
-    VectorMatch,
     WritePoints,
 )
 from lake.ports import Components, ResourceSet
@@ -113,14 +134,7 @@ class ServiceManager:
         self._components: Components | None = None
         self._health_run: asyncio.Future[HealthReport] | None = None
         self.stats: dict[str, OperationStats] = {}
-        self._routes: dict[type[Any], Callable[[Any], Awaitable[object]]] = {
-            UpsertVectors: self._upsert_vectors,
-            SearchVectors: self._search_vectors,
-            WritePoints: self._write_points,
-            QueryPoints: self._query_points,
-            UpsertFeatures: self._upsert_features,
-            FeaturesNearby: self._features_nearby,
-        }
+        self._routes = ROUTES
 
     @property
     def state(self) -> State:
@@ -164,6 +178,7 @@ class ServiceManager:
             async with asyncio.timeout(self._attempt_timeout):
                 components = await self._resources.open()
                 await components.migrator.migrate()
+                await components.series.maintain()  # partitions ahead of the data
         except BaseException:
             # Close what this attempt opened before the next one (or the end).
             await self._close_quietly()
@@ -237,29 +252,38 @@ class ServiceManager:
 
     @overload
     async def coordinate(
-        self, operation: UpsertVectors | WritePoints | UpsertFeatures
+        self,
+        operation: UpsertVectors | DeleteVectors | WritePoints | UpsertFeatures,
     ) -> int: ...
+    @overload
+    async def coordinate(self, operation: CreateCollection) -> Collection: ...
     @overload
     async def coordinate(self, operation: SearchVectors) -> list[VectorMatch]: ...
     @overload
-    async def coordinate(self, operation: QueryPoints) -> list[Point]: ...
+    async def coordinate(self, operation: QueryPoints) -> PointPage: ...
     @overload
-    async def coordinate(self, operation: FeaturesNearby) -> list[FeatureMatch]: ...
+    async def coordinate(self, operation: AggregatePoints) -> list[Bucket]: ...
+    @overload
+    async def coordinate(
+        self,
+        operation: FeaturesNearby | FeaturesNearest | FeaturesInBox | FeaturesInPolygon,
+    ) -> list[FeatureMatch]: ...
 
     async def coordinate(self, operation: Operation) -> object:
         """
         Validate ``operation``, route it to its component and return the result.
 
-        Transient failures are retried within the operation policy (every operation
-        here is idempotent: upserts by id, reads).
+        Reads go through the cache, keyed on the generation of their scope. Transient
+        failures are retried within the operation policy (every operation here is
+        idempotent: upserts and deletes by id, reads).
 
         Raises:
             ValidationError: unknown operation or bad input, naming the field.
             LifecycleError: the manager is not running.
             LakeError: the component failed; its subclass says how.
         """
-        handler = self._routes.get(type(operation))
-        if handler is None:
+        route = self._routes.get(type(operation))
+        if route is None:
             problem = f"unknown operation {type(operation).__name__}"
             raise ValidationError(field="operation", problem=problem)
         self._running()
@@ -272,7 +296,7 @@ class ServiceManager:
         started = time.perf_counter()
         stats.calls += 1
         try:
-            return await self._operations.run(partial(handler, operation))
+            return await self._operations.run(partial(self._dispatch, route, operation))
         except LakeError as exc:
             kind = type(exc).__name__
             stats.failures[kind] = stats.failures.get(kind, 0) + 1
@@ -283,34 +307,22 @@ class ServiceManager:
                 "tenant", "operation", "request_id"
             )
 
-    async def _upsert_vectors(self, op: UpsertVectors) -> int:
-        return await self._running().vectors.upsert(
-            op.tenant, op.collection, list(op.items)
+    async def _dispatch(self, route: _Route, op: Any) -> object:
+        c = self._running()
+        load = partial(route.handler, c, op)
+        if route.scope is None or route.codec is None or not c.cache.available:
+            return await load()
+        generation = await c.database.generation(op.tenant, route.scope(op))
+        key = cache_key(op.tenant, route.scope(op), generation, op)
+        return await c.cache.read_through(
+            key, load, route.codec.encode, route.codec.decode
         )
 
-    async def _search_vectors(self, op: SearchVectors) -> object:
-        vector = [float(x) for x in op.vector]
-        return await self._running().vectors.search(
-            op.tenant, op.collection, vector, op.k
-        )
-
-    async def _write_points(self, op: WritePoints) -> int:
-        return await self._running().series.write(
-            op.tenant, op.metric, op.tags, list(op.points)
-        )
-
-    async def _query_points(self, op: QueryPoints) -> object:
-        return await self._running().series.query(
-            op.tenant, op.metric, op.tags, op.start, op.end, op.limit
-        )
-
-    async def _upsert_features(self, op: UpsertFeatures) -> int:
-        return await self._running().spatial.upsert(op.tenant, list(op.features))
-
-    async def _features_nearby(self, op: FeaturesNearby) -> object:
-        return await self._running().spatial.nearby(
-            op.tenant, float(op.lon), float(op.lat), float(op.radius_m), op.limit
-        )
+    async def maintain(self) -> object:
+        """
+        Run periodic store upkeep: time-series partitions ahead, expired ones dropped.
+        """
+        return await self._running().series.maintain()
 
     def status(self) -> dict[str, object]:
         """
@@ -327,6 +339,100 @@ class ServiceManager:
                 for k, v in self.stats.items()
             },
         }
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """
+    How one operation type is served: its handler and, for cached reads, the cache
+    scope it reads from and the codec of its result.
+    """
+
+    handler: Callable[[Components, Any], Awaitable[object]]
+    scope: Callable[[Any], str] | None = None
+    codec: Codec[Any] | None = None
+
+
+def _vectors(op: Any) -> str:
+    return vector_scope(op.collection)
+
+
+def _series(op: Any) -> str:
+    return series_scope(op.metric)
+
+
+def _spatial(_: Any) -> str:
+    return SPATIAL_SCOPE
+
+
+# The routing table: operation type -> component call.
+ROUTES: dict[type[Any], _Route] = {
+    CreateCollection: _Route(
+        lambda c, op: c.vectors.create_collection(op.tenant, op.collection)
+    ),
+    UpsertVectors: _Route(
+        lambda c, op: c.vectors.upsert(op.tenant, op.collection, list(op.items))
+    ),
+    SearchVectors: _Route(
+        lambda c, op: c.vectors.search(
+            op.tenant,
+            op.collection,
+            [float(x) for x in op.vector],
+            op.k,
+            where=op.where,
+            ef_search=op.ef_search,
+        ),
+        _vectors,
+        VECTOR_MATCHES,
+    ),
+    DeleteVectors: _Route(
+        lambda c, op: c.vectors.delete(op.tenant, op.collection, list(op.ids))
+    ),
+    WritePoints: _Route(
+        lambda c, op: c.series.write(op.tenant, op.metric, op.tags, list(op.points))
+    ),
+    QueryPoints: _Route(
+        lambda c, op: c.series.query(
+            op.tenant, op.metric, op.tags, op.start, op.end, op.limit, op.cursor
+        ),
+        _series,
+        POINT_PAGE,
+    ),
+    AggregatePoints: _Route(
+        lambda c, op: c.series.aggregate(
+            op.tenant, op.metric, op.tags, op.start, op.end, op.bucket, op.fn
+        ),
+        _series,
+        BUCKETS,
+    ),
+    UpsertFeatures: _Route(
+        lambda c, op: c.spatial.upsert(op.tenant, list(op.features))
+    ),
+    FeaturesNearby: _Route(
+        lambda c, op: c.spatial.nearby(
+            op.tenant, float(op.lon), float(op.lat), float(op.radius_m), op.limit
+        ),
+        _spatial,
+        FEATURE_MATCHES,
+    ),
+    FeaturesNearest: _Route(
+        lambda c, op: c.spatial.nearest(op.tenant, float(op.lon), float(op.lat), op.k),
+        _spatial,
+        FEATURE_MATCHES,
+    ),
+    FeaturesInBox: _Route(
+        lambda c, op: c.spatial.in_box(
+            op.tenant, op.west, op.south, op.east, op.north, op.limit
+        ),
+        _spatial,
+        FEATURE_MATCHES,
+    ),
+    FeaturesInPolygon: _Route(
+        lambda c, op: c.spatial.in_polygon(op.tenant, list(op.ring), op.limit),
+        _spatial,
+        FEATURE_MATCHES,
+    ),
+}
 
 
 def _describe(exc: BaseException) -> str:

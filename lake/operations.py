@@ -1,6 +1,9 @@
 """
 Typed operations: what a caller may ask of Lake, and how each input is checked.
 
+The value objects an operation carries (``VectorItem``, ``Point``, ``Feature``,
+``Collection``, ``Limits``) are re-exported from ``lake.models`` for callers.
+
 Every operation is a frozen dataclass with ``validate(limits)``, which raises a
 ``ValidationError`` naming the offending field before anything reaches a store.
 """
@@ -12,15 +15,30 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from lake.errors import ValidationError
+from lake.models import (
+    AGGREGATES,
+    METRICS,
+    Collection,
+    Feature,
+    Limits,
+    Point,
+    VectorItem,
+)
 
 __all__ = [
+    "AggregatePoints",
+    "Collection",
+    "CreateCollection",
+    "DeleteVectors",
     "Feature",
-    "FeatureMatch",
+    "FeaturesInBox",
+    "FeaturesInPolygon",
     "FeaturesNearby",
+    "FeaturesNearest",
     "Limits",
     "Operation",
     "Point",
@@ -29,81 +47,14 @@ __all__ = [
     "UpsertFeatures",
     "UpsertVectors",
     "VectorItem",
-    "VectorMatch",
     "WritePoints",
+    "check_tenant",
 ]
 
 _TENANT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _NAME = re.compile(r"^[a-z][a-z0-9_.]{0,62}$")
 _MAX_ID_CHARS = 256
 _MAX_JSON_BYTES = 64 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """
-    Caps that bound what one operation may ask for.
-    """
-
-    max_vector_dim: int = 2000
-    max_batch: int = 10000
-    max_top_k: int = 1000
-    max_range_points: int = 100000
-    max_radius_m: float = 20_000_000.0
-
-
-@dataclass(frozen=True, slots=True)
-class VectorItem:
-    """
-    One vector to store, with its id and metadata.
-    """
-
-    id: str
-    vector: Sequence[float]
-    metadata: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class VectorMatch:
-    """
-    One search result: id, distance and metadata.
-    """
-
-    id: str
-    distance: float
-    metadata: Mapping[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class Point:
-    """
-    One time-series point: an aware timestamp and a finite value.
-    """
-
-    ts: datetime
-    value: float
-
-
-@dataclass(frozen=True, slots=True)
-class Feature:
-    """
-    One spatial feature: id, longitude, latitude and properties.
-    """
-
-    id: str
-    lon: float
-    lat: float
-    properties: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class FeatureMatch:
-    """
-    One spatial result with its distance in metres.
-    """
-
-    feature: Feature
-    distance_m: float
 
 
 # --- field checks -------------------------------------------------------------------
@@ -176,15 +127,22 @@ def _check_timestamp(ts: object, where: str) -> None:
         raise ValidationError(where, "must carry a time zone (UTC)")
 
 
-def _check_lon_lat(lon: object, lat: object, where: str) -> None:
-    _check_finite(lon, f"{where}lon")
-    _check_finite(lat, f"{where}lat")
+def _check_lon_lat(
+    lon: object,
+    lat: object,
+    where: str,
+    *,
+    lon_name: str = "lon",
+    lat_name: str = "lat",
+) -> None:
+    _check_finite(lon, f"{where}{lon_name}")
+    _check_finite(lat, f"{where}{lat_name}")
     assert isinstance(lon, int | float)  # noqa: S101 -- narrowed by _check_finite
     assert isinstance(lat, int | float)  # noqa: S101
     if not -180.0 <= lon <= 180.0:
-        raise ValidationError(f"{where}lon", "must lie in [-180, 180]")
+        raise ValidationError(f"{where}{lon_name}", "must lie in [-180, 180]")
     if not -90.0 <= lat <= 90.0:
-        raise ValidationError(f"{where}lat", "must lie in [-90, 90]")
+        raise ValidationError(f"{where}{lat_name}", "must lie in [-90, 90]")
 
 
 def _check_limit(value: object, where: str, cap: int) -> None:
@@ -234,13 +192,16 @@ class UpsertVectors:
 @dataclass(frozen=True, slots=True)
 class SearchVectors:
     """
-    The k nearest vectors of a tenant's collection by cosine distance.
+    The k nearest vectors of a collection by its metric, optionally filtered by
+    metadata containment (``where``), with an optional per-query ``ef_search``.
     """
 
     tenant: str
     collection: str
     vector: Sequence[float]
     k: int = 10
+    where: Mapping[str, Any] = field(default_factory=dict)
+    ef_search: int | None = None
 
     def validate(self, limits: Limits) -> None:
         """
@@ -250,6 +211,9 @@ class SearchVectors:
         _check_name(self.collection, "collection")
         _check_vector(self.vector, "vector", limits)
         _check_limit(self.k, "k", limits.max_top_k)
+        _check_json(self.where, "where")
+        if self.ef_search is not None:
+            _check_limit(self.ef_search, "ef_search", limits.max_ef_search)
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,6 +240,43 @@ class WritePoints:
             _check_finite(point.value, f"points[{i}].value")
 
 
+def _check_range(start: object, end: object, limits: Limits) -> None:
+    _check_timestamp(start, "start")
+    _check_timestamp(end, "end")
+    assert isinstance(start, datetime)  # noqa: S101 -- narrowed above
+    assert isinstance(end, datetime)  # noqa: S101
+    if start >= end:
+        raise ValidationError("start", "must be before end")
+    if end - start > limits.max_range:
+        raise ValidationError("end", f"range longer than {limits.max_range.days} days")
+
+
+def _check_bucket(bucket: object, span: timedelta, limits: Limits) -> None:
+    if not isinstance(bucket, timedelta) or bucket <= timedelta(0):
+        raise ValidationError("bucket", "must be a positive duration")
+    if span / bucket > limits.max_buckets:
+        raise ValidationError("bucket", f"more than {limits.max_buckets} buckets")
+
+
+def _check_ring(ring: object, limits: Limits) -> None:
+    if isinstance(ring, str | bytes) or not isinstance(ring, Sequence):
+        raise ValidationError("ring", "must be a list of (lon, lat) pairs")
+    if len(ring) < 4:
+        raise ValidationError("ring", "needs at least 4 vertices (closed triangle)")
+    if len(ring) > limits.max_polygon_vertices:
+        raise ValidationError(
+            "ring", f"more than {limits.max_polygon_vertices} vertices"
+        )
+    for i, vertex in enumerate(ring):
+        if isinstance(vertex, str | bytes) or not isinstance(vertex, Sequence):
+            raise ValidationError(f"ring[{i}]", "must be a (lon, lat) pair")
+        if len(vertex) != 2:
+            raise ValidationError(f"ring[{i}]", "must be a (lon, lat) pair")
+        _check_lon_lat(vertex[0], vertex[1], f"ring[{i}].")
+    if tuple(ring[0]) != tuple(ring[-1]):
+        raise ValidationError("ring", "must be closed: last vertex equals first")
+
+
 def _check_tags(tags: object) -> None:
     if not isinstance(tags, Mapping):
         raise ValidationError("tags", "must be a mapping of names to strings")
@@ -288,7 +289,8 @@ def _check_tags(tags: object) -> None:
 @dataclass(frozen=True, slots=True)
 class QueryPoints:
     """
-    The points of one series in ``[start, end)``, oldest first.
+    Points in ``[start, end)`` of every series of ``metric`` whose tags contain
+    ``tags``, by series then time, one page of at most ``limit`` at a time.
     """
 
     tenant: str
@@ -297,6 +299,7 @@ class QueryPoints:
     end: datetime
     tags: Mapping[str, str] = field(default_factory=dict)
     limit: int = 1000
+    cursor: str | None = None
 
     def validate(self, limits: Limits) -> None:
         """
@@ -305,11 +308,10 @@ class QueryPoints:
         check_tenant(self.tenant)
         _check_name(self.metric, "metric")
         _check_tags(self.tags)
-        _check_timestamp(self.start, "start")
-        _check_timestamp(self.end, "end")
-        if self.start >= self.end:
-            raise ValidationError("start", "must be before end")
+        _check_range(self.start, self.end, limits)
         _check_limit(self.limit, "limit", limits.max_range_points)
+        if self.cursor is not None and not isinstance(self.cursor, str):
+            raise ValidationError("cursor", "must be a string from a previous page")
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,18 +363,151 @@ class FeaturesNearby:
         _check_limit(self.limit, "limit", limits.max_top_k)
 
 
+@dataclass(frozen=True, slots=True)
+class CreateCollection:
+    """
+    Declare a vector collection with its dimension and metric; idempotent.
+    """
+
+    tenant: str
+    collection: Collection
+
+    def validate(self, limits: Limits) -> None:
+        """
+        Check every field; raise ValidationError naming the first bad one.
+        """
+        check_tenant(self.tenant)
+        _check_name(self.collection.name, "collection.name")
+        _check_limit(self.collection.dim, "collection.dim", limits.max_vector_dim)
+        if self.collection.metric not in METRICS:
+            raise ValidationError("collection.metric", f"must be one of {METRICS}")
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteVectors:
+    """
+    Delete vectors by id from a collection.
+    """
+
+    tenant: str
+    collection: str
+    ids: Sequence[str]
+
+    def validate(self, limits: Limits) -> None:
+        """
+        Check every field; raise ValidationError naming the first bad one.
+        """
+        check_tenant(self.tenant)
+        _check_name(self.collection, "collection")
+        _check_batch(self.ids, "ids", limits)
+        for i, item_id in enumerate(self.ids):
+            _check_id(item_id, f"ids[{i}]")
+
+
+@dataclass(frozen=True, slots=True)
+class AggregatePoints:
+    """
+    Aggregate points of matching series into time buckets (``date_bin``).
+    """
+
+    tenant: str
+    metric: str
+    start: datetime
+    end: datetime
+    bucket: timedelta
+    fn: str = "avg"
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+    def validate(self, limits: Limits) -> None:
+        """
+        Check every field; raise ValidationError naming the first bad one.
+        """
+        check_tenant(self.tenant)
+        _check_name(self.metric, "metric")
+        _check_tags(self.tags)
+        _check_range(self.start, self.end, limits)
+        _check_bucket(self.bucket, self.end - self.start, limits)
+        if self.fn not in AGGREGATES:
+            raise ValidationError("fn", f"must be one of {AGGREGATES}")
+
+
+@dataclass(frozen=True, slots=True)
+class FeaturesNearest:
+    """
+    The ``k`` features nearest to a point, nearest first.
+    """
+
+    tenant: str
+    lon: float
+    lat: float
+    k: int = 10
+
+    def validate(self, limits: Limits) -> None:
+        """
+        Check every field; raise ValidationError naming the first bad one.
+        """
+        check_tenant(self.tenant)
+        _check_lon_lat(self.lon, self.lat, "")
+        _check_limit(self.k, "k", limits.max_top_k)
+
+
+@dataclass(frozen=True, slots=True)
+class FeaturesInBox:
+    """
+    Features inside a longitude/latitude box, by id.
+
+    A box whose west edge is east of its east edge crosses the antimeridian.
+    """
+
+    tenant: str
+    west: float
+    south: float
+    east: float
+    north: float
+    limit: int = 1000
+
+    def validate(self, limits: Limits) -> None:
+        """
+        Check every field; raise ValidationError naming the first bad one.
+        """
+        check_tenant(self.tenant)
+        _check_lon_lat(self.west, self.south, "", lon_name="west", lat_name="south")
+        _check_lon_lat(self.east, self.north, "", lon_name="east", lat_name="north")
+        if self.south > self.north:
+            raise ValidationError("south", "must not be north of north")
+        _check_limit(self.limit, "limit", limits.max_range_points)
+
+
+@dataclass(frozen=True, slots=True)
+class FeaturesInPolygon:
+    """
+    Features inside a closed polygon ring of (lon, lat) vertices, by id.
+    """
+
+    tenant: str
+    ring: Sequence[tuple[float, float]]
+    limit: int = 1000
+
+    def validate(self, limits: Limits) -> None:
+        """
+        Check every field; raise ValidationError naming the first bad one.
+        """
+        check_tenant(self.tenant)
+        _check_ring(self.ring, limits)
+        _check_limit(self.limit, "limit", limits.max_range_points)
+
+
 Operation = (
-    UpsertVectors
+    CreateCollection
+    | UpsertVectors
     | SearchVectors
+    | DeleteVectors
     | WritePoints
     | QueryPoints
+    | AggregatePoints
     | UpsertFeatures
     | FeaturesNearby
+    | FeaturesNearest
+    | FeaturesInBox
+    | FeaturesInPolygon
 )
-
-
-def utc(ts: datetime) -> datetime:
-    """
-    Return ``ts`` converted to UTC.
-    """
-    return ts.astimezone(UTC)

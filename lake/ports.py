@@ -7,12 +7,21 @@ touches a driver.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Protocol
+from datetime import datetime, timedelta
+from typing import Any, Protocol, TypeVar
 
-from lake.operations import Feature, FeatureMatch, Point, VectorItem, VectorMatch
+from lake.models import (
+    Bucket,
+    Collection,
+    Feature,
+    FeatureMatch,
+    Point,
+    PointPage,
+    VectorItem,
+    VectorMatch,
+)
 
 __all__ = [
     "Cache",
@@ -25,6 +34,8 @@ __all__ = [
     "TimeSeriesStore",
     "VectorStore",
 ]
+
+T = TypeVar("T")
 
 
 class Pingable(Protocol):
@@ -43,17 +54,46 @@ class Database(Pingable, Protocol):
     The PostgreSQL connection pool as the manager sees it.
     """
 
+    async def generation(self, tenant: str, scope: str) -> int:
+        """
+        The cache generation of a scope, bumped by every write to it.
+        """
+
 
 class Cache(Pingable, Protocol):
     """
     The Redis read cache as the manager sees it.
     """
 
+    @property
+    def available(self) -> bool:
+        """
+        False while the cache is being skipped after a failure.
+        """
+
+    async def read_through(
+        self,
+        key: str,
+        load: Callable[[], Awaitable[T]],
+        encode: Callable[[T], bytes],
+        decode: Callable[[bytes], T],
+    ) -> T:
+        """
+        The cached value of ``key``, or ``load()`` once per key at a time.
+        """
+
 
 class VectorStore(Pingable, Protocol):
     """
     Vectors by tenant and collection.
     """
+
+    async def create_collection(
+        self, tenant: str, collection: Collection
+    ) -> Collection:
+        """
+        Declare a collection; idempotent.
+        """
 
     async def upsert(
         self, tenant: str, collection: str, items: list[VectorItem]
@@ -63,10 +103,22 @@ class VectorStore(Pingable, Protocol):
         """
 
     async def search(
-        self, tenant: str, collection: str, vector: list[float], k: int
+        self,
+        tenant: str,
+        collection: str,
+        vector: list[float],
+        k: int,
+        *,
+        where: Mapping[str, Any] | None = None,
+        ef_search: int | None = None,
     ) -> list[VectorMatch]:
         """
         The k nearest vectors.
+        """
+
+    async def delete(self, tenant: str, collection: str, ids: list[str]) -> int:
+        """
+        Delete vectors by id.
         """
 
 
@@ -90,9 +142,29 @@ class TimeSeriesStore(Pingable, Protocol):
         start: datetime,
         end: datetime,
         limit: int,
-    ) -> list[Point]:
+        cursor: str | None = None,
+    ) -> PointPage:
         """
-        Points in a range, oldest first.
+        One page of points in a range.
+        """
+
+    async def aggregate(
+        self,
+        tenant: str,
+        metric: str,
+        tags: Mapping[str, str],
+        start: datetime,
+        end: datetime,
+        bucket: timedelta,
+        fn: str,
+    ) -> list[Bucket]:
+        """
+        Points aggregated into time buckets.
+        """
+
+    async def maintain(self) -> object:
+        """
+        Create partitions ahead; drop expired ones.
         """
 
 
@@ -111,6 +183,33 @@ class SpatialStore(Pingable, Protocol):
     ) -> list[FeatureMatch]:
         """
         Features within a radius, nearest first.
+        """
+
+    async def nearest(
+        self, tenant: str, lon: float, lat: float, k: int
+    ) -> list[FeatureMatch]:
+        """
+        The k nearest features.
+        """
+
+    async def in_box(
+        self,
+        tenant: str,
+        west: float,
+        south: float,
+        east: float,
+        north: float,
+        limit: int,
+    ) -> list[FeatureMatch]:
+        """
+        Features inside a box.
+        """
+
+    async def in_polygon(
+        self, tenant: str, ring: Sequence[tuple[float, float]], limit: int
+    ) -> list[FeatureMatch]:
+        """
+        Features inside a polygon.
         """
 
 

@@ -5,15 +5,27 @@ In-memory fakes that satisfy Lake's ports; they record calls and closing.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
 
 from lake.errors import StoreUnavailableError
-from lake.operations import Feature, FeatureMatch, Point, VectorItem, VectorMatch
+from lake.models import (
+    Bucket,
+    Collection,
+    Feature,
+    FeatureMatch,
+    Point,
+    PointPage,
+    SeriesPoint,
+    VectorItem,
+    VectorMatch,
+)
 from lake.ports import Components
+
+T = TypeVar("T")
 
 
 class FakeResource:
@@ -75,18 +87,53 @@ class FakePingable:
 
 
 class FakeDatabase(FakePingable):
-    pass
+    def __init__(self) -> None:
+        super().__init__()
+        self.generations: dict[tuple[str, str], int] = {}
+
+    async def generation(self, tenant: str, scope: str) -> int:
+        return self.generations.get((tenant, scope), 0)
 
 
 class FakeCache(FakePingable):
-    pass
+    """
+    A dict cache that records keys; ``available`` can be switched off.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entries: dict[str, bytes] = {}
+        self.available = True
+        self.loads = 0
+
+    async def read_through(
+        self,
+        key: str,
+        load: Callable[[], Awaitable[T]],
+        encode: Callable[[T], bytes],
+        decode: Callable[[bytes], T],
+    ) -> T:
+        if key in self.entries:
+            return decode(self.entries[key])
+        self.loads += 1
+        value = await load()
+        self.entries[key] = encode(value)
+        return value
 
 
 class FakeVectorStore(FakePingable):
     def __init__(self) -> None:
         super().__init__()
         self.rows: dict[tuple[str, str, str], VectorItem] = {}
+        self.collections: dict[tuple[str, str], Collection] = {}
         self.fail_next: list[Exception] = []
+        self.searches = 0
+
+    async def create_collection(
+        self, tenant: str, collection: Collection
+    ) -> Collection:
+        self.collections[(tenant, collection.name)] = collection
+        return collection
 
     async def upsert(
         self, tenant: str, collection: str, items: list[VectorItem]
@@ -97,9 +144,24 @@ class FakeVectorStore(FakePingable):
             self.rows[(tenant, collection, item.id)] = item
         return len(items)
 
+    async def delete(self, tenant: str, collection: str, ids: list[str]) -> int:
+        gone = [k for k in self.rows if k[:2] == (tenant, collection) and k[2] in ids]
+        for key in gone:
+            del self.rows[key]
+        return len(gone)
+
     async def search(
-        self, tenant: str, collection: str, vector: list[float], k: int
+        self,
+        tenant: str,
+        collection: str,
+        vector: list[float],
+        k: int,
+        *,
+        where: Mapping[str, Any] | None = None,
+        ef_search: int | None = None,
     ) -> list[VectorMatch]:
+        self.searches += 1
+
         def cosine(a: list[float], b: list[float]) -> float:
             dot = sum(x * y for x, y in zip(a, b, strict=True))
             return 1 - dot / (math.hypot(*a) * math.hypot(*b))
@@ -107,7 +169,10 @@ class FakeVectorStore(FakePingable):
         found = [
             VectorMatch(item.id, cosine(list(item.vector), vector), item.metadata)
             for (t, c, _), item in self.rows.items()
-            if t == tenant and c == collection and len(item.vector) == len(vector)
+            if t == tenant
+            and c == collection
+            and len(item.vector) == len(vector)
+            and all(item.metadata.get(key) == v for key, v in (where or {}).items())
         ]
         return sorted(found, key=lambda m: m.distance)[:k]
 
@@ -116,6 +181,7 @@ class FakeTimeSeriesStore(FakePingable):
     def __init__(self) -> None:
         super().__init__()
         self.points: dict[tuple[str, str, str, datetime], float] = {}
+        self.maintained = 0
 
     async def write(
         self, tenant: str, metric: str, tags: Mapping[str, str], points: list[Point]
@@ -133,14 +199,44 @@ class FakeTimeSeriesStore(FakePingable):
         start: datetime,
         end: datetime,
         limit: int,
-    ) -> list[Point]:
+        cursor: str | None = None,
+    ) -> PointPage:
         key = repr(sorted(tags.items()))
         found = [
-            Point(ts, v)
+            SeriesPoint(dict(tags), ts, v)
             for (t, m, k, ts), v in self.points.items()
             if (t, m, k) == (tenant, metric, key) and start <= ts < end
         ]
-        return sorted(found, key=lambda p: p.ts)[:limit]
+        found.sort(key=lambda p: p.ts)
+        offset = int(cursor or 0)
+        more = len(found) > offset + limit
+        return PointPage(
+            found[offset : offset + limit], str(offset + limit) if more else None
+        )
+
+    async def aggregate(
+        self,
+        tenant: str,
+        metric: str,
+        tags: Mapping[str, str],
+        start: datetime,
+        end: datetime,
+        bucket: timedelta,
+        fn: str,
+    ) -> list[Bucket]:
+        page = await self.query(tenant, metric, tags, start, end, 10**9)
+        groups: dict[datetime, list[float]] = {}
+        for p in page.points:
+            groups.setdefault(start + ((p.ts - start) // bucket) * bucket, []).append(
+                p.value
+            )
+        return [
+            Bucket(b, sum(vs) / len(vs), len(vs)) for b, vs in sorted(groups.items())
+        ]
+
+    async def maintain(self) -> object:
+        self.maintained += 1
+        return None
 
 
 class FakeSpatialStore(FakePingable):
@@ -162,6 +258,33 @@ class FakeSpatialStore(FakePingable):
             if t == tenant and d <= radius_m:
                 found.append(FeatureMatch(f, d))
         return sorted(found, key=lambda m: m.distance_m)[:limit]
+
+    async def nearest(
+        self, tenant: str, lon: float, lat: float, k: int
+    ) -> list[FeatureMatch]:
+        return await self.nearby(tenant, lon, lat, 2.1e7, k)
+
+    async def in_box(
+        self,
+        tenant: str,
+        west: float,
+        south: float,
+        east: float,
+        north: float,
+        limit: int,
+    ) -> list[FeatureMatch]:
+        found = [
+            FeatureMatch(f, 0.0)
+            for (t, _), f in sorted(self.features.items())
+            if t == tenant and west <= f.lon <= east and south <= f.lat <= north
+        ]
+        return found[:limit]
+
+    async def in_polygon(
+        self, tenant: str, ring: Sequence[tuple[float, float]], limit: int
+    ) -> list[FeatureMatch]:
+        xs, ys = [x for x, _ in ring], [y for _, y in ring]
+        return await self.in_box(tenant, min(xs), min(ys), max(xs), max(ys), limit)
 
 
 def _haversine_m(lon1: float, lat1: float, lon2: float, lat2: float) -> float:

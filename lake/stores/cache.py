@@ -1,11 +1,19 @@
 """
-Read cache over Redis: a cache failure is a miss, never an error.
+Read cache over Redis: read-through, one load per key, a failure is only a miss.
+
+Correctness does not rest on Redis: keys carry the generation that PostgreSQL bumps
+in every write's own transaction (``cache_generations``), so once a write is
+acknowledged no reader can build the key of the answer from before it. Redis being
+down, slow or silent costs at most one ``timeout`` and then a ``cooldown`` in which
+the cache is skipped outright; errors are counted and logged once per interval.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 import structlog
@@ -14,12 +22,14 @@ from lake.errors import StoreUnavailableError
 
 __all__ = ["RedisCache"]
 
+T = TypeVar("T")
 log = structlog.get_logger(__name__)
+_RETRY = object()  # the loading caller was cancelled: waiters load for themselves
 
 
 class RedisCache:
     """
-    Bounded-time get and set; errors are counted and logged once per interval.
+    Bounded-time get and set, read-through with single flight per key.
     """
 
     def __init__(
@@ -28,18 +38,32 @@ class RedisCache:
         *,
         timeout: float = 0.1,
         ttl_s: int = 300,
+        cooldown_s: float = 1.0,
         log_interval_s: float = 30.0,
     ) -> None:
         self._client = client
         self._timeout = timeout
         self._ttl_s = ttl_s
+        self._cooldown_s = cooldown_s
         self._log_interval_s = log_interval_s
         self._last_logged = float("-inf")
+        self._skip_until = float("-inf")
+        self._inflight: dict[str, asyncio.Future[Any]] = {}
+        self.hits = 0
+        self.misses = 0
         self.errors = 0
+
+    @property
+    def available(self) -> bool:
+        """
+        False while the cache is skipped after a failure.
+        """
+        return time.monotonic() >= self._skip_until
 
     def _failed(self, action: str, exc: BaseException) -> None:
         self.errors += 1
         now = time.monotonic()
+        self._skip_until = now + self._cooldown_s
         if now - self._last_logged >= self._log_interval_s:
             self._last_logged = now
             log.warning(
@@ -53,6 +77,8 @@ class RedisCache:
         """
         Return the cached bytes for ``key``, or None on a miss or any failure.
         """
+        if not self.available:
+            return None
         try:
             async with asyncio.timeout(self._timeout):
                 value = await self._client.get(key)
@@ -63,22 +89,71 @@ class RedisCache:
 
     async def set(self, key: str, value: bytes) -> None:
         """
-        Store ``value`` under ``key`` with the configured TTL; failures are skipped.
+        Store ``value`` under ``key`` with the TTL; skipped on failure or cooldown.
         """
+        if not self.available:
+            return
         try:
             async with asyncio.timeout(self._timeout):
                 await self._client.set(key, value, ex=self._ttl_s)
         except (aioredis.RedisError, OSError, TimeoutError) as exc:
             self._failed("set", exc)
 
+    async def read_through(
+        self,
+        key: str,
+        load: Callable[[], Awaitable[T]],
+        encode: Callable[[T], bytes],
+        decode: Callable[[bytes], T],
+    ) -> T:
+        """
+        Return the cached value of ``key``, or load it (once per key at a time).
+        """
+        cached = await self.get(key)
+        if cached is not None:
+            try:
+                value = decode(cached)
+            except (ValueError, KeyError, TypeError):
+                self.errors += 1  # unreadable entry: load it again
+            else:
+                self.hits += 1
+                return value
+        self.misses += 1
+        while (leader := self._inflight.get(key)) is not None:
+            result = await asyncio.shield(leader)
+            if result is not _RETRY:
+                return result  # type: ignore[no-any-return]
+        return await self._lead(key, load, encode)
+
+    async def _lead(
+        self, key: str, load: Callable[[], Awaitable[T]], encode: Callable[[T], bytes]
+    ) -> T:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            value = await load()
+        except asyncio.CancelledError:
+            future.set_result(_RETRY)
+            raise
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # waiters re-raise it; nobody else needs to
+            raise
+        finally:
+            del self._inflight[key]
+        future.set_result(value)
+        await self.set(key, encode(value))
+        return value
+
     async def ping(self) -> str | None:
         """
-        PING Redis; raise StoreUnavailableError when it does not answer.
+        PING Redis (ignoring the cooldown); raise StoreUnavailableError on no answer.
         """
         try:
-            async with asyncio.timeout(self._timeout * 10):
+            async with asyncio.timeout(max(self._timeout, 0.5)):
                 await self._client.ping()
         except (aioredis.RedisError, OSError, TimeoutError):
             msg = "redis did not answer PING"
             raise StoreUnavailableError(msg) from None
+        self._skip_until = float("-inf")
         return None

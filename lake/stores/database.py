@@ -10,7 +10,8 @@ that carry no SQL, driver names or secrets.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +26,13 @@ from lake.errors import (
     ValidationError,
 )
 
-__all__ = ["Database", "PoolMetrics", "translate_pg_error"]
+__all__ = [
+    "APP_ROLE",
+    "Database",
+    "PoolMetrics",
+    "bump_generation",
+    "translate_pg_error",
+]
 
 # SQLSTATE classes that mean "the server cannot serve now", retry-safe.
 _UNAVAILABLE = {"08000", "08001", "08003", "08004", "08006", "57P01", "57P02", "57P03"}
@@ -58,6 +65,60 @@ def translate_pg_error(exc: BaseException) -> LakeError:
     if state.startswith("22"):
         return ValidationError("value", "rejected by the database as out of range")
     return StoreError("database error")
+
+
+_TENANT = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+_SETTING = re.compile(r"[a-z_][a-z0-9_.]{0,62}")
+APP_ROLE = "lake_app"
+
+
+def _literal(value: str) -> str:
+    # Only for values checked above or produced by Lake: a quoted SQL literal.
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _setup_sql(tenant: str | None, settings: Mapping[str, str], prelude: str) -> str:
+    parts = ["BEGIN"]
+    configs = []
+    if tenant is not None:
+        if not _TENANT.fullmatch(tenant):
+            problem = "must match [a-z0-9][a-z0-9_-]{0,62}"
+            raise ValidationError(field="tenant", problem=problem)
+        parts.append(f"SET LOCAL ROLE {APP_ROLE}")
+        configs.append(f"set_config('app.tenant_id', {_literal(tenant)}, true)")
+    for name, value in settings.items():
+        if not _SETTING.fullmatch(name):
+            msg = f"bad setting name {name!r}"
+            raise ValueError(msg)
+        configs.append(f"set_config({_literal(name)}, {_literal(value)}, true)")
+    if configs:
+        parts.append("SELECT " + ", ".join(configs))
+    if prelude:
+        parts.append(prelude)
+    return "; ".join(parts)
+
+
+async def _rollback(conn: Any) -> None:
+    if conn.is_closed():
+        return
+    try:
+        async with asyncio.timeout(2.0):
+            await conn.execute("ROLLBACK")
+    except Exception:
+        conn.terminate()
+
+
+async def bump_generation(conn: Any, tenant: str, scope: str) -> None:
+    """
+    Invalidate cached reads of ``scope`` for ``tenant``, inside the write's transaction.
+    """
+    await conn.execute(
+        "INSERT INTO cache_generations (tenant_id, scope) VALUES ($1, $2)"
+        " ON CONFLICT (tenant_id, scope)"
+        " DO UPDATE SET gen = cache_generations.gen + 1",
+        tenant,
+        scope,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,22 +170,48 @@ class Database:
             await self._pool.release(conn)
 
     @asynccontextmanager
-    async def transaction(self, tenant: str | None = None) -> AsyncIterator[Any]:
+    async def transaction(
+        self,
+        tenant: str | None = None,
+        *,
+        settings: Mapping[str, str] | None = None,
+        prelude: str = "",
+    ) -> AsyncIterator[Any]:
         """
-        Run a transaction, scoped to ``tenant`` when one is given.
+        Run a transaction; with ``tenant``, as ``lake_app`` under row-level security.
+
+        BEGIN, the role, the tenant, any ``settings`` (transaction-local, such as
+        ``hnsw.ef_search``) and a constant ``prelude`` statement of the store's own
+        (creating a staging table, say) go to the server in one round trip. On any
+        failure the transaction is rolled back; a cancelled query's connection is
+        discarded, so no state can reach the next user of the pool.
         """
+        setup = _setup_sql(tenant, settings or {}, prelude)
         async with self.connection() as conn:
             try:
-                async with conn.transaction():
-                    if tenant is not None:
-                        await conn.execute(
-                            "SELECT set_config('app.tenant_id', $1, true)", tenant
-                        )
-                    yield conn
-            except LakeError:
+                await conn.execute(setup)
+                yield conn
+                await conn.execute("COMMIT")
+            except asyncio.CancelledError:
+                conn.terminate()
                 raise
-            except Exception as exc:
-                raise translate_pg_error(exc) from None
+            except BaseException as exc:
+                await _rollback(conn)
+                if isinstance(exc, Exception) and not isinstance(exc, LakeError):
+                    raise translate_pg_error(exc) from None
+                raise
+
+    async def generation(self, tenant: str, scope: str) -> int:
+        """
+        The current cache generation of ``scope`` for ``tenant`` (0 before any write).
+        """
+        async with self.transaction(tenant) as conn:
+            gen = await conn.fetchval(
+                "SELECT gen FROM cache_generations WHERE tenant_id = $1 AND scope = $2",
+                tenant,
+                scope,
+            )
+        return int(gen or 0)
 
     async def ping(self) -> str | None:
         """

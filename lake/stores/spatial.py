@@ -1,23 +1,37 @@
 """
-Spatial store: point features with properties; nearby search in metres.
+Spatial store: point features with properties.
 
-Backed by cube + earthdistance with a GiST index on ``ll_to_earth(lat, lon)``: the
-``earth_box`` test uses the index, ``earth_distance`` re-checks the exact radius.
+- Distance queries (radius, nearest-k) use cube + earthdistance with a GiST index on
+  ``ll_to_earth(lat, lon)``: ``earth_box`` prunes through the index, ``<->`` orders
+  nearest-first through the same index, ``earth_distance`` gives metres.
+- Box and polygon containment use a GiST index on the planar ``point(lon, lat)``.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from typing import Any
 
-from lake.operations import Feature, FeatureMatch
-from lake.stores.database import Database
+from lake.models import SPATIAL_SCOPE, Feature, FeatureMatch
+from lake.stores.database import Database, bump_generation
 
 __all__ = ["PgSpatialStore"]
 
 
+def _match(row: Any, distance: float = 0.0) -> FeatureMatch:
+    feature = Feature(
+        id=row["id"],
+        lon=row["lon"],
+        lat=row["lat"],
+        properties=json.loads(row["properties"]),
+    )
+    return FeatureMatch(feature=feature, distance_m=distance)
+
+
 class PgSpatialStore:
     """
-    Features per tenant, found by distance.
+    Features per tenant, found by distance, box or polygon.
     """
 
     def __init__(self, db: Database) -> None:
@@ -40,13 +54,14 @@ class PgSpatialStore:
                 " updated_at = now()",
                 rows,
             )
+            await bump_generation(conn, tenant, SPATIAL_SCOPE)
         return len(rows)
 
     async def nearby(
         self, tenant: str, lon: float, lat: float, radius_m: float, limit: int
     ) -> list[FeatureMatch]:
         """
-        Return features within ``radius_m`` of (lon, lat), nearest first.
+        Features within ``radius_m`` of (lon, lat), nearest first.
         """
         async with self._db.transaction(tenant) as conn:
             rows = await conn.fetch(
@@ -62,26 +77,81 @@ class PgSpatialStore:
                 radius_m,
                 limit,
             )
-        return [
-            FeatureMatch(
-                feature=Feature(
-                    id=r["id"],
-                    lon=r["lon"],
-                    lat=r["lat"],
-                    properties=json.loads(r["properties"]),
-                ),
-                distance_m=float(r["d"]),
+        return [_match(r, float(r["d"])) for r in rows]
+
+    async def nearest(
+        self, tenant: str, lon: float, lat: float, k: int
+    ) -> list[FeatureMatch]:
+        """
+        The ``k`` features nearest to (lon, lat), by an index-ordered scan.
+        """
+        async with self._db.transaction(tenant) as conn:
+            rows = await conn.fetch(
+                "SELECT id, lon, lat, properties,"
+                " earth_distance(ll_to_earth($3, $2), ll_to_earth(lat, lon)) AS d"
+                " FROM features WHERE tenant_id = $1"
+                " ORDER BY ll_to_earth(lat, lon) <-> ll_to_earth($3, $2) LIMIT $4",
+                tenant,
+                lon,
+                lat,
+                k,
             )
-            for r in rows
-        ]
+        return [_match(r, float(r["d"])) for r in rows]
+
+    async def in_box(
+        self,
+        tenant: str,
+        west: float,
+        south: float,
+        east: float,
+        north: float,
+        limit: int,
+    ) -> list[FeatureMatch]:
+        """
+        Features inside the box, by id; a box with west > east spans the antimeridian.
+        """
+        # Two longitude spans: the same one twice unless the box wraps.
+        spans = (
+            (west, east, west, east) if west <= east else (west, 180.0, -180.0, east)
+        )
+        async with self._db.transaction(tenant) as conn:
+            rows = await conn.fetch(
+                "SELECT id, lon, lat, properties FROM features WHERE tenant_id = $1"
+                " AND (geom <@ box(point($2, $6), point($3, $7))"
+                "  OR geom <@ box(point($4, $6), point($5, $7)))"
+                " ORDER BY id LIMIT $8",
+                tenant,
+                *spans,
+                south,
+                north,
+                limit,
+            )
+        return [_match(r) for r in rows]
+
+    async def in_polygon(
+        self, tenant: str, ring: Sequence[tuple[float, float]], limit: int
+    ) -> list[FeatureMatch]:
+        """
+        Features inside the polygon (planar lon/lat, boundary included), by id.
+        """
+        polygon = "(" + ",".join(f"({float(x)!r},{float(y)!r})" for x, y in ring) + ")"
+        async with self._db.transaction(tenant) as conn:
+            rows = await conn.fetch(
+                "SELECT id, lon, lat, properties FROM features WHERE tenant_id = $1"
+                " AND geom <@ $2::polygon ORDER BY id LIMIT $3",
+                tenant,
+                polygon,
+                limit,
+            )
+        return [_match(r) for r in rows]
 
     async def ping(self) -> str | None:
         """
         Prove the features table and earthdistance answer.
         """
         async with self._db.transaction() as conn:
+            await conn.fetchval("SELECT 1 FROM features LIMIT 1")
             await conn.fetchval(
                 "SELECT earth_distance(ll_to_earth(0, 0), ll_to_earth(0, 1))"
-                " FROM (SELECT 1 FROM features LIMIT 1) AS f"
             )
         return None

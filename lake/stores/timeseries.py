@@ -1,17 +1,47 @@
 """
-Time-series store: points per (tenant, metric, tags), idempotent on timestamp.
+Time-series store: series (metric + tags) and points, partitioned by day.
+
+- Storage: ``ts_data`` is range-partitioned on ``ts``, one partition per UTC day.
+  Partitions are created ahead of the data (by ``maintain()`` and on demand before a
+  write) and retention drops whole expired partitions, never rows.
+- Writes: COPY into a staging table, then one merge that is idempotent on
+  (series, timestamp): a retried batch never duplicates a point.
+- Reads: raw ranges paged by a signed cursor, and ``date_bin`` aggregations.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from datetime import datetime
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
 
-from lake.operations import Point
-from lake.stores.database import Database
+from lake.errors import ValidationError
+from lake.models import Bucket, Point, PointPage, SeriesPoint, series_scope
+from lake.stores.cursor import FORGED, CursorSigner
+from lake.stores.database import Database, bump_generation
 
-__all__ = ["PgTimeSeriesStore"]
+__all__ = ["MaintenanceReport", "PgTimeSeriesStore"]
+
+_STAGE = (
+    "CREATE TEMP TABLE IF NOT EXISTS lake_ts_stage"
+    " (ts timestamptz, value double precision) ON COMMIT DELETE ROWS"
+)
+_PARTITION_LOCK = 0x6C616B74  # "lakt": one partition manager at a time
+_AGGREGATES = {
+    "avg": "avg(d.value)",
+    "min": "min(d.value)",
+    "max": "max(d.value)",
+    "sum": "sum(d.value)",
+    "count": "count(*)::double precision",
+    "last": "(array_agg(d.value ORDER BY d.ts DESC))[1]",
+}
+_FILTER = (
+    " FROM ts_data d JOIN ts_series s ON s.id = d.series_id"
+    " WHERE d.tenant_id = $1 AND s.tenant_id = $1 AND s.metric = $2"
+    " AND s.tags @> $3::jsonb AND d.ts >= $4 AND d.ts < $5"
+)
 
 
 def _tags_json(tags: Mapping[str, str]) -> str:
@@ -19,31 +49,177 @@ def _tags_json(tags: Mapping[str, str]) -> str:
     return json.dumps(dict(tags), sort_keys=True, separators=(",", ":"))
 
 
-class PgTimeSeriesStore:
+def _partition(day: date) -> str:
+    return f"ts_data_p{day:%Y%m%d}"
+
+
+def _day_start(day: date) -> datetime:
+    return datetime.combine(day, time(), tzinfo=UTC)
+
+
+def utcnow() -> datetime:
     """
-    Points in PostgreSQL; a point written twice is stored once.
+    The current time in UTC.
+    """
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class MaintenanceReport:
+    """
+    Partitions a maintenance run created and dropped.
     """
 
-    def __init__(self, db: Database) -> None:
+    created: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+
+
+class PgTimeSeriesStore:
+    """
+    Points in day partitions; a point written twice is stored once.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        retention_days: int = 30,
+        future_days: int = 2,
+        cursor_key: str = "",
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
         self._db = db
+        self._retention = timedelta(days=retention_days)
+        self._future = timedelta(days=future_days)
+        self._cursors = CursorSigner(cursor_key)
+        self._clock = clock
+        self._series: dict[tuple[str, str, str], int] = {}
+        self._days: set[date] | None = None
+
+    # --- partitions ---------------------------------------------------------------
+
+    async def partitions(self) -> dict[date, str]:
+        """
+        The existing partitions by day.
+        """
+        async with self._db.transaction() as conn:
+            rows = await conn.fetch(
+                "SELECT c.relname FROM pg_inherits i JOIN pg_class c"
+                " ON c.oid = i.inhrelid WHERE i.inhparent = 'ts_data'::regclass"
+            )
+        found = {}
+        for r in rows:
+            name = r["relname"]
+            found[datetime.strptime(name[-8:], "%Y%m%d").replace(tzinfo=UTC).date()] = (
+                name
+            )
+        return found
+
+    async def _ensure_days(self, days: set[date]) -> list[str]:
+        if self._days is None:
+            self._days = set(await self.partitions())
+        missing = sorted(days - self._days)
+        if not missing:
+            return []
+        created = []
+        async with self._db.transaction() as conn:
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _PARTITION_LOCK)
+            for day in missing:
+                name = _partition(day)
+                status = await conn.fetchval("SELECT to_regclass($1) IS NULL", name)
+                if status:
+                    start, end = _day_start(day), _day_start(day + timedelta(days=1))
+                    await conn.execute(
+                        f"CREATE TABLE {name} PARTITION OF ts_data FOR VALUES"
+                        f" FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
+                    )
+                    created.append(name)
+        self._days.update(missing)
+        return created
+
+    async def maintain(self) -> MaintenanceReport:
+        """
+        Create partitions for today and the days ahead; drop expired ones whole.
+        """
+        now = self._clock()
+        ahead = {(now + timedelta(days=i)).date() for i in range(self._future.days + 1)}
+        created = await self._ensure_days(ahead)
+        horizon = (now - self._retention).date()
+        dropped = []
+        async with self._db.transaction() as conn:
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _PARTITION_LOCK)
+            for day, name in sorted((await self.partitions()).items()):
+                # A partition is expired once its whole day is older than retention.
+                if day < horizon:
+                    await conn.execute(f"DROP TABLE {name}")
+                    dropped.append(name)
+        if self._days is not None:
+            self._days -= {d for d in self._days if d < horizon}
+        return MaintenanceReport(created=created, dropped=dropped)
+
+    # --- writes -------------------------------------------------------------------
+
+    def _check_window(self, points: list[Point]) -> None:
+        now = self._clock()
+        oldest, newest = now - self._retention, now + self._future
+        for i, p in enumerate(points):
+            where = f"points[{i}].ts"
+            if p.ts < oldest:
+                msg = f"older than the retention period ({self._retention.days} days)"
+                raise ValidationError(where, msg)
+            if p.ts >= newest:
+                msg = f"more than {self._future.days} days in the future"
+                raise ValidationError(where, msg)
+
+    async def _series_id(self, tenant: str, metric: str, tags: str) -> int:
+        key = (tenant, metric, tags)
+        sid = self._series.get(key)
+        if sid is None:
+            async with self._db.transaction(tenant) as conn:
+                sid = await conn.fetchval(
+                    "INSERT INTO ts_series (tenant_id, metric, tags)"
+                    " VALUES ($1, $2, $3::jsonb) ON CONFLICT DO NOTHING RETURNING id",
+                    tenant,
+                    metric,
+                    tags,
+                ) or await conn.fetchval(
+                    "SELECT id FROM ts_series WHERE tenant_id = $1 AND metric = $2"
+                    " AND tags = $3::jsonb",
+                    tenant,
+                    metric,
+                    tags,
+                )
+            self._series[key] = int(sid)
+        return int(sid)
 
     async def write(
         self, tenant: str, metric: str, tags: Mapping[str, str], points: list[Point]
     ) -> int:
         """
-        Write ``points``; a point at an existing timestamp replaces its value.
+        Write ``points``: COPY to staging, one idempotent merge; last value wins.
+
+        Raises:
+            ValidationError: a point lies outside [now - retention, now + ahead).
         """
-        tag_doc = _tags_json(tags)
-        rows = [(tenant, metric, tag_doc, p.ts, float(p.value)) for p in points]
-        async with self._db.transaction(tenant) as conn:
-            await conn.executemany(
-                "INSERT INTO ts_points (tenant_id, metric, tags, ts, value)"
-                " VALUES ($1, $2, $3::jsonb, $4, $5)"
-                " ON CONFLICT (tenant_id, metric, tags, ts)"
-                " DO UPDATE SET value = EXCLUDED.value",
-                rows,
+        self._check_window(points)
+        latest = {p.ts: p.value for p in points}  # one row per timestamp
+        await self._ensure_days({ts.astimezone(UTC).date() for ts in latest})
+        sid = await self._series_id(tenant, metric, _tags_json(tags))
+        async with self._db.transaction(tenant, prelude=_STAGE) as conn:
+            await conn.copy_records_to_table(
+                "lake_ts_stage", records=list(latest.items()), columns=["ts", "value"]
             )
-        return len(rows)
+            await conn.execute(
+                "INSERT INTO ts_data (tenant_id, series_id, ts, value)"
+                " SELECT $1, $2, ts, value FROM lake_ts_stage"
+                " ON CONFLICT (series_id, ts) DO UPDATE SET value = EXCLUDED.value",
+                tenant,
+                sid,
+            )
+            await bump_generation(conn, tenant, series_scope(metric))
+        return len(points)
+
+    # --- reads --------------------------------------------------------------------
 
     async def query(
         self,
@@ -53,28 +229,76 @@ class PgTimeSeriesStore:
         start: datetime,
         end: datetime,
         limit: int,
-    ) -> list[Point]:
+        cursor: str | None = None,
+    ) -> PointPage:
         """
-        Return up to ``limit`` points in ``[start, end)``, oldest first.
+        One page of points of matching series in ``[start, end)``.
         """
+        after_series, after_ts = 0, start - timedelta(microseconds=1)
+        if cursor:
+            position = self._cursors.decode(cursor)
+            try:
+                after_series = int(position["s"])
+                after_ts = datetime.fromisoformat(position["t"])
+            except (KeyError, TypeError, ValueError):
+                raise ValidationError(field="cursor", problem=FORGED) from None
         async with self._db.transaction(tenant) as conn:
             rows = await conn.fetch(
-                "SELECT ts, value FROM ts_points"
-                " WHERE tenant_id = $1 AND metric = $2 AND tags = $3::jsonb"
-                " AND ts >= $4 AND ts < $5 ORDER BY ts LIMIT $6",
+                "SELECT d.series_id, s.tags, d.ts, d.value"
+                + _FILTER
+                + " AND (d.series_id, d.ts) > ($6, $7)"
+                " ORDER BY d.series_id, d.ts LIMIT $8",
                 tenant,
                 metric,
                 _tags_json(tags),
                 start,
                 end,
-                limit,
+                after_series,
+                after_ts,
+                limit + 1,
             )
-        return [Point(ts=r["ts"], value=r["value"]) for r in rows]
+        more = len(rows) > limit
+        rows = rows[:limit]
+        points = [SeriesPoint(json.loads(r["tags"]), r["ts"], r["value"]) for r in rows]
+        next_cursor = None
+        if more:
+            last = rows[-1]
+            next_cursor = self._cursors.encode(
+                {"s": last["series_id"], "t": last["ts"].isoformat()}
+            )
+        return PointPage(points=points, next_cursor=next_cursor)
+
+    async def aggregate(
+        self,
+        tenant: str,
+        metric: str,
+        tags: Mapping[str, str],
+        start: datetime,
+        end: datetime,
+        bucket: timedelta,
+        fn: str,
+    ) -> list[Bucket]:
+        """
+        Aggregate matching points into buckets of ``bucket`` aligned on ``start``.
+        """
+        agg = _AGGREGATES[fn]
+        async with self._db.transaction(tenant) as conn:
+            rows: list[Any] = await conn.fetch(
+                f"SELECT date_bin($6::interval, d.ts, $4) AS b, {agg} AS v,"
+                " count(*) AS n" + _FILTER + " GROUP BY b ORDER BY b",
+                tenant,
+                metric,
+                _tags_json(tags),
+                start,
+                end,
+                bucket,
+            )
+        return [Bucket(start=r["b"], value=float(r["v"]), count=r["n"]) for r in rows]
 
     async def ping(self) -> str | None:
         """
         Prove the points table answers.
         """
         async with self._db.transaction() as conn:
-            await conn.fetchval("SELECT 1 FROM ts_points LIMIT 1")
+            await conn.fetchval("SELECT 1 FROM ts_data LIMIT 1")
         return None

@@ -8,7 +8,7 @@ without disturbing the rest of the session.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -20,7 +20,10 @@ from lake.operations import Point, QueryPoints, WritePoints
 from lake.resources.embedded import EmbeddedPostgres, EmbeddedRedis, Endpoint
 from tests.integration.conftest import live_settings
 
-T0 = datetime(2026, 5, 1, tzinfo=UTC)
+# Inside the retention window, whatever day the tests run.
+T0 = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(
+    days=1
+)
 
 
 @pytest.fixture
@@ -59,14 +62,14 @@ async def test_postgres_down_then_back_without_restarting_lake(own_servers, runn
     assert not down.ready
     assert down.status is Status.DOWN
     with pytest.raises(StoreUnavailableError):
-        await running.coordinate(QueryPoints("t1", "m", T0, T0.replace(day=2)))
+        await running.coordinate(QueryPoints("t1", "m", T0, T0 + timedelta(days=1)))
 
     pg.start()
     up = await running.health()
     assert up.component("postgres").status is Status.UP
     assert up.ready
-    got = await running.coordinate(QueryPoints("t1", "m", T0, T0.replace(day=2)))
-    assert [p.value for p in got] == [1.0]  # acknowledged data survived
+    got = await running.coordinate(QueryPoints("t1", "m", T0, T0 + timedelta(days=1)))
+    assert [p.value for p in got.points] == [1.0]  # acknowledged data survived
 
 
 async def test_redis_down_degrades_but_stays_ready(own_servers, running):

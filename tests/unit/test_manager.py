@@ -176,7 +176,7 @@ async def test_operations_are_routed_to_their_store():
             "t1", "cpu.load", t0 + timedelta(seconds=1), t0 + timedelta(seconds=3)
         )
     )
-    assert [p.value for p in got] == [1.0, 2.0]
+    assert [p.value for p in got.points] == [1.0, 2.0]
 
     features = [Feature("x", 2.35, 48.85), Feature("y", 13.4, 52.5)]
     assert await manager.coordinate(UpsertFeatures("t1", features)) == 2

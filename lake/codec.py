@@ -1,0 +1,112 @@
+"""
+JSON encodings of read results for the cache, and canonical cache keys.
+
+JSON, not pickle: whatever Redis hands back is parsed as data, never run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Generic, TypeVar
+
+from lake.models import (
+    Bucket,
+    Feature,
+    FeatureMatch,
+    PointPage,
+    SeriesPoint,
+    VectorMatch,
+)
+
+__all__ = [
+    "BUCKETS",
+    "FEATURE_MATCHES",
+    "POINT_PAGE",
+    "VECTOR_MATCHES",
+    "Codec",
+    "cache_key",
+]
+
+T = TypeVar("T")
+
+
+def _default(value: object) -> object:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {"_type": type(value).__name__, **dataclasses.asdict(value)}
+    msg = f"cannot encode {type(value).__name__}"
+    raise TypeError(msg)
+
+
+def _dumps(value: object) -> bytes:
+    return json.dumps(
+        value, default=_default, sort_keys=True, separators=(",", ":")
+    ).encode()
+
+
+def cache_key(tenant: str, scope: str, generation: int, operation: object) -> str:
+    """
+    The key of ``operation``'s answer at ``generation`` of ``scope``.
+    """
+    digest = hashlib.sha256(_dumps(operation)).hexdigest()[:32]
+    return f"lake:v1:{tenant}:{scope}:{generation}:{digest}"
+
+
+@dataclass(frozen=True, slots=True)
+class Codec(Generic[T]):
+    """
+    Encodes one kind of read result to bytes and back.
+    """
+
+    to_json: Callable[[T], Any]
+    from_json: Callable[[Any], T]
+
+    def encode(self, value: T) -> bytes:
+        """
+        ``value`` as compact JSON bytes.
+        """
+        return _dumps(self.to_json(value))
+
+    def decode(self, data: bytes) -> T:
+        """
+        The value encoded in ``data``.
+        """
+        return self.from_json(json.loads(data))
+
+
+def _feature_match(d: dict[str, Any]) -> FeatureMatch:
+    f = d["feature"]
+    feature = Feature(f["id"], f["lon"], f["lat"], f["properties"])
+    return FeatureMatch(feature, d["distance_m"])
+
+
+VECTOR_MATCHES: Codec[list[VectorMatch]] = Codec(
+    lambda ms: [[m.id, m.distance, m.metadata] for m in ms],
+    lambda rows: [VectorMatch(i, d, md) for i, d, md in rows],
+)
+POINT_PAGE: Codec[PointPage] = Codec(
+    lambda page: {
+        "points": [[p.tags, p.ts, p.value] for p in page.points],
+        "next": page.next_cursor,
+    },
+    lambda d: PointPage(
+        [SeriesPoint(t, datetime.fromisoformat(ts), v) for t, ts, v in d["points"]],
+        d["next"],
+    ),
+)
+BUCKETS: Codec[list[Bucket]] = Codec(
+    lambda bs: [[b.start, b.value, b.count] for b in bs],
+    lambda rows: [Bucket(datetime.fromisoformat(s), v, n) for s, v, n in rows],
+)
+FEATURE_MATCHES: Codec[list[FeatureMatch]] = Codec(
+    lambda ms: [dataclasses.asdict(m) for m in ms],
+    lambda rows: [_feature_match(d) for d in rows],
+)

@@ -1,0 +1,164 @@
+"""
+Value objects that operations carry and stores return.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+__all__ = [
+    "AGGREGATES",
+    "METRICS",
+    "SPATIAL_SCOPE",
+    "Bucket",
+    "Collection",
+    "Feature",
+    "FeatureMatch",
+    "Limits",
+    "Point",
+    "PointPage",
+    "SeriesPoint",
+    "VectorItem",
+    "VectorMatch",
+    "series_scope",
+    "vector_scope",
+]
+
+METRICS = ("cosine", "l2", "ip")
+AGGREGATES = ("avg", "min", "max", "sum", "count", "last")
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """
+    Caps that bound what one operation may ask for.
+    """
+
+    max_vector_dim: int = 2000
+    max_batch: int = 10000
+    max_top_k: int = 1000
+    max_range_points: int = 100000
+    max_radius_m: float = 20_000_000.0
+    max_range: timedelta = timedelta(days=366)
+    max_buckets: int = 10000
+    max_polygon_vertices: int = 1000
+    max_ef_search: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Collection:
+    """
+    A vector collection: its name, dimension and distance metric.
+    """
+
+    name: str
+    dim: int
+    metric: str = "cosine"
+
+
+@dataclass(frozen=True, slots=True)
+class VectorItem:
+    """
+    One vector to store, with its id and metadata.
+    """
+
+    id: str
+    vector: Sequence[float]
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class VectorMatch:
+    """
+    One search result: id, distance and metadata.
+    """
+
+    id: str
+    distance: float
+    metadata: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    """
+    One time-series point: an aware timestamp and a finite value.
+    """
+
+    ts: datetime
+    value: float
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesPoint:
+    """
+    A point returned by a range query, with the tags of its series.
+    """
+
+    tags: Mapping[str, str]
+    ts: datetime
+    value: float
+
+
+@dataclass(frozen=True, slots=True)
+class PointPage:
+    """
+    One page of a range query; ``next_cursor`` continues it, None at the end.
+    """
+
+    points: list[SeriesPoint]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """
+    One bucket of an aggregation: its start, the aggregate and the point count.
+    """
+
+    start: datetime
+    value: float
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Feature:
+    """
+    One spatial feature: id, longitude, latitude and properties.
+    """
+
+    id: str
+    lon: float
+    lat: float
+    properties: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureMatch:
+    """
+    One spatial result with its distance in metres (0 for box and polygon queries).
+    """
+
+    feature: Feature
+    distance_m: float
+
+
+# Cache scopes: every write bumps its scope's generation in PostgreSQL, and every
+# cached read keys on it (see lake.stores.cache).
+SPATIAL_SCOPE = "spatial"
+
+
+def vector_scope(collection: str) -> str:
+    """
+    The cache scope of a vector collection.
+    """
+    return f"vectors:{collection}"
+
+
+def series_scope(metric: str) -> str:
+    """
+    The cache scope of a metric's series.
+    """
+    return f"series:{metric}"
