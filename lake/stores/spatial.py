@@ -134,7 +134,7 @@ class PgSpatialStore:
         """
         Features inside the polygon (planar lon/lat, boundary included), by id.
         """
-        polygon = "(" + ",".join(f"({float(x)!r},{float(y)!r})" for x, y in ring) + ")"
+        polygon = [(float(x), float(y)) for x, y in ring]
         async with self._db.transaction(tenant) as conn:
             rows = await conn.fetch(
                 "SELECT id, lon, lat, properties FROM features WHERE tenant_id = $1"
