@@ -52,12 +52,12 @@ def _dumps(value: object) -> bytes:
     ).encode()
 
 
-def cache_key(tenant: str, scope: str, generation: int, operation: object) -> str:
+def cache_key(tenant: str, scope: str, version: str, operation: object) -> str:
     """
-    The key of ``operation``'s answer at ``generation`` of ``scope``.
+    The key of ``operation``'s answer at ``version`` of ``scope``.
     """
     digest = hashlib.sha256(_dumps(operation)).hexdigest()[:32]
-    return f"lake:v1:{tenant}:{scope}:{generation}:{digest}"
+    return f"lake:v1:{tenant}:{scope}:{version}:{digest}"
 
 
 @dataclass(frozen=True, slots=True)

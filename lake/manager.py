@@ -312,8 +312,9 @@ class ServiceManager:
         load = partial(route.handler, c, op)
         if route.scope is None or route.codec is None or not c.cache.available:
             return await load()
-        generation = await c.database.generation(op.tenant, route.scope(op))
-        key = cache_key(op.tenant, route.scope(op), generation, op)
+        scope = route.scope(op)
+        version = await c.database.cache_version(op.tenant, scope)
+        key = cache_key(op.tenant, scope, version, op)
         return await c.cache.read_through(
             key, load, route.codec.encode, route.codec.decode
         )

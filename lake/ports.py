@@ -54,9 +54,9 @@ class Database(Pingable, Protocol):
     The PostgreSQL connection pool as the manager sees it.
     """
 
-    async def generation(self, tenant: str, scope: str) -> int:
+    async def cache_version(self, tenant: str, scope: str) -> str:
         """
-        The cache generation of a scope, bumped by every write to it.
+        The cache version of a scope, changed by every write to it.
         """
 
 

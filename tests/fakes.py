@@ -91,8 +91,8 @@ class FakeDatabase(FakePingable):
         super().__init__()
         self.generations: dict[tuple[str, str], int] = {}
 
-    async def generation(self, tenant: str, scope: str) -> int:
-        return self.generations.get((tenant, scope), 0)
+    async def cache_version(self, tenant: str, scope: str) -> str:
+        return f"fake:{self.generations.get((tenant, scope), 0)}"
 
 
 class FakeCache(FakePingable):

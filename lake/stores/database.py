@@ -112,10 +112,13 @@ async def bump_generation(conn: Any, tenant: str, scope: str) -> None:
     """
     Invalidate cached reads of ``scope`` for ``tenant``, inside the write's transaction.
     """
+    # A random new generation, not gen + 1: a database restored from a backup, or
+    # another database, can then never reproduce a generation whose entries differ.
     await conn.execute(
-        "INSERT INTO cache_generations (tenant_id, scope) VALUES ($1, $2)"
+        "INSERT INTO cache_generations (tenant_id, scope, gen)"
+        " VALUES ($1, $2, floor(random() * 9007199254740991)::bigint)"
         " ON CONFLICT (tenant_id, scope)"
-        " DO UPDATE SET gen = cache_generations.gen + 1",
+        " DO UPDATE SET gen = EXCLUDED.gen",
         tenant,
         scope,
     )
@@ -150,6 +153,7 @@ class Database:
         self._pool = pool
         self._acquire_timeout = acquire_timeout
         self._acquire_timeouts = 0
+        self._namespace: str | None = None
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Any]:
@@ -201,17 +205,25 @@ class Database:
                     raise translate_pg_error(exc) from None
                 raise
 
-    async def generation(self, tenant: str, scope: str) -> int:
+    async def cache_version(self, tenant: str, scope: str) -> str:
         """
-        The current cache generation of ``scope`` for ``tenant`` (0 before any write).
+        This database's cache namespace and the current generation of ``scope``.
+
+        Every write to the scope changes it in the write's own transaction, so a
+        cache entry keyed on it can never outlive the data it was read from.
         """
+        if self._namespace is None:
+            async with self.transaction() as conn:
+                self._namespace = await conn.fetchval(
+                    "SELECT value FROM lake_meta WHERE key = 'cache_namespace'"
+                )
         async with self.transaction(tenant) as conn:
             gen = await conn.fetchval(
                 "SELECT gen FROM cache_generations WHERE tenant_id = $1 AND scope = $2",
                 tenant,
                 scope,
             )
-        return int(gen or 0)
+        return f"{self._namespace}:{gen or 0}"
 
     async def ping(self) -> str | None:
         """

@@ -59,7 +59,7 @@ async def test_nearest_k(cities):
 
 
 async def test_nearest_crosses_the_antimeridian(cities):
-    """Distances are on the sphere: the nearest neighbour across 180 degrees is found."""
+    """Distances are on the sphere: the nearest neighbour across 180 degrees wins."""
     found = await cities.coordinate(FeaturesNearest("t1", *FIJI_WEST, k=2))
     assert [m.feature.id for m in found] == ["fiji-w", "fiji-e"]
     assert found[1].distance_m == pytest.approx(106_000, rel=0.05)

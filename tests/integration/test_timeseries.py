@@ -31,12 +31,18 @@ async def test_points_write_and_range_query(manager):
     points = [Point(T0 + timedelta(minutes=i), float(i)) for i in range(10)]
     await manager.coordinate(WritePoints("t1", "cpu.load", points, {"host": "a"}))
     await manager.coordinate(
-        WritePoints("t1", "cpu.load", [Point(T0 + timedelta(minutes=3), 33.0)],
-                    {"host": "a"})
+        WritePoints(
+            "t1", "cpu.load", [Point(T0 + timedelta(minutes=3), 33.0)], {"host": "a"}
+        )
     )
     page = await manager.coordinate(
-        QueryPoints("t1", "cpu.load", T0 + timedelta(minutes=2),
-                    T0 + timedelta(minutes=5), {"host": "a"})
+        QueryPoints(
+            "t1",
+            "cpu.load",
+            T0 + timedelta(minutes=2),
+            T0 + timedelta(minutes=5),
+            {"host": "a"},
+        )
     )
     assert [p.value for p in page.points] == [2.0, 33.0, 4.0]
     assert page.points[0].ts == T0 + timedelta(minutes=2)
@@ -58,7 +64,9 @@ async def test_tag_filter_selects_series_by_containment(manager):
         QueryPoints("t1", "rps", T0, T0 + timedelta(hours=1), {"dc": "eu"})
     )
     assert sorted(p.tags["host"] for p in eu.points) == ["a", "b"]
-    every = await manager.coordinate(QueryPoints("t1", "rps", T0, T0 + timedelta(hours=1)))
+    every = await manager.coordinate(
+        QueryPoints("t1", "rps", T0, T0 + timedelta(hours=1))
+    )
     assert len(every.points) == 3
 
 
@@ -85,23 +93,28 @@ async def test_paging_walks_every_point_once(manager):
 async def test_forged_cursor_is_refused(manager):
     """A cursor Lake did not issue, or one altered, names the cursor field."""
     await manager.coordinate(
-        WritePoints("t1", "m", [Point(T0 + timedelta(seconds=i), 1.0) for i in range(3)])
+        WritePoints(
+            "t1", "m", [Point(T0 + timedelta(seconds=i), 1.0) for i in range(3)]
+        )
     )
     page = await manager.coordinate(
         QueryPoints("t1", "m", T0, T0 + timedelta(hours=1), limit=1)
     )
     assert page.next_cursor is not None
-    tampered = page.next_cursor[:-2] + ("A" if page.next_cursor[-2] != "A" else "B") \
+    tampered = (
+        page.next_cursor[:-2]
+        + ("A" if page.next_cursor[-2] != "A" else "B")
         + page.next_cursor[-1]
+    )
     for forged in ("not-a-cursor", tampered, "eyJzIjoxLCJ0IjoiMjAyNiJ9"):
-        with pytest.raises(ValidationError, match="^cursor: "):
+        with pytest.raises(ValidationError, match=r"^cursor: "):
             await manager.coordinate(
                 QueryPoints("t1", "m", T0, T0 + timedelta(hours=1), cursor=forged)
             )
 
 
 async def test_retried_batch_never_duplicates(manager, container):
-    """The same batch written twice (and a batch with a repeated ts) stores each once."""
+    """A batch written twice, or one repeating a timestamp, stores each point once."""
     points = [Point(T0 + timedelta(seconds=i), 1.0) for i in range(300)]
     for _ in range(2):
         await manager.coordinate(WritePoints("t1", "req", points))
@@ -131,10 +144,19 @@ async def test_bucketed_aggregation(manager, fn, expected):
     """date_bin buckets of 4 minutes over 8 one-minute points, each function."""
     points = [Point(T0 + timedelta(minutes=i), float(i)) for i in range(8)]
     await manager.coordinate(WritePoints("t1", "temp", points, {"room": "1"}))
-    await manager.coordinate(WritePoints("t1", "temp", [Point(T0, 100.0)], {"room": "2"}))
+    await manager.coordinate(
+        WritePoints("t1", "temp", [Point(T0, 100.0)], {"room": "2"})
+    )
     buckets = await manager.coordinate(
-        AggregatePoints("t1", "temp", T0, T0 + timedelta(minutes=8),
-                        bucket=timedelta(minutes=4), fn=fn, tags={"room": "1"})
+        AggregatePoints(
+            "t1",
+            "temp",
+            T0,
+            T0 + timedelta(minutes=8),
+            bucket=timedelta(minutes=4),
+            fn=fn,
+            tags={"room": "1"},
+        )
     )
     assert [b.start for b in buckets] == [T0, T0 + timedelta(minutes=4)]
     assert [b.value for b in buckets] == expected
@@ -177,11 +199,14 @@ async def test_retention_drops_whole_partitions(container, manager):
 @pytest.mark.parametrize(
     ("points", "field", "problem"),
     [
-        ([Point(datetime(2026, 1, 1), 1.0)], "points[0].ts", "time zone"),  # noqa: DTZ001
+        ([Point(datetime(2026, 1, 1), 1.0)], "points[0].ts", "time zone"),
         ([Point(T0, float("nan"))], "points[0].value", "finite"),
         ([Point(T0, float("inf"))], "points[0].value", "finite"),
-        ([Point(T0, 1.0), Point(NOW - timedelta(days=400), 1.0)], "points[1].ts",
-         "retention"),
+        (
+            [Point(T0, 1.0), Point(NOW - timedelta(days=400), 1.0)],
+            "points[1].ts",
+            "retention",
+        ),
         ([Point(NOW + timedelta(days=30), 1.0)], "points[0].ts", "future"),
         ([], "points", "empty"),
     ],
@@ -205,10 +230,23 @@ async def test_bad_points_name_the_field_and_write_nothing(
         (QueryPoints("t1", "m", T0 + timedelta(hours=1), T0), "start"),
         (QueryPoints("t1", "m", T0 - timedelta(days=400), T0), "end"),
         (QueryPoints("t1", "m", T0, T0 + timedelta(hours=1), limit=0), "limit"),
-        (AggregatePoints("t1", "m", T0, T0 + timedelta(days=30), timedelta(seconds=1)),
-         "bucket"),
-        (AggregatePoints("t1", "m", T0, T0 + timedelta(hours=1), timedelta(minutes=1),
-                         fn="median"), "fn"),
+        (
+            AggregatePoints(
+                "t1", "m", T0, T0 + timedelta(days=30), timedelta(seconds=1)
+            ),
+            "bucket",
+        ),
+        (
+            AggregatePoints(
+                "t1",
+                "m",
+                T0,
+                T0 + timedelta(hours=1),
+                timedelta(minutes=1),
+                fn="median",
+            ),
+            "fn",
+        ),
     ],
 )
 async def test_bad_queries_name_the_field(manager, op, field):

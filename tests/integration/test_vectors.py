@@ -59,7 +59,9 @@ async def test_each_metric_orders_by_its_own_distance(manager, metric, expected)
     await create(manager, name=f"m_{metric}", dim=2, metric=metric)
     items = [VectorItem("near", [1.0, 0.1]), VectorItem("far", [10.0, 0.0])]
     await manager.coordinate(UpsertVectors("t1", f"m_{metric}", items))
-    found = await manager.coordinate(SearchVectors("t1", f"m_{metric}", [1.0, 0.0], k=2))
+    found = await manager.coordinate(
+        SearchVectors("t1", f"m_{metric}", [1.0, 0.0], k=2)
+    )
     assert [m.id for m in found] == expected
 
 
@@ -120,7 +122,9 @@ async def test_filtered_search_returns_k_when_k_match(manager):
         for i in range(3000)
     ]
     for start in range(0, len(items), 1000):
-        await manager.coordinate(UpsertVectors("t1", "docs", items[start : start + 1000]))
+        await manager.coordinate(
+            UpsertVectors("t1", "docs", items[start : start + 1000])
+        )
     query = [rng.gauss(0, 1) for _ in range(8)]
     found = await manager.coordinate(
         SearchVectors("t1", "docs", query, k=20, where={"kind": "rare"}, ef_search=20)
@@ -135,7 +139,9 @@ async def test_delete_by_ids(manager):
     await create(manager, dim=2)
     items = [VectorItem(str(i), [1.0, float(i)]) for i in range(5)]
     await manager.coordinate(UpsertVectors("t1", "docs", items))
-    assert await manager.coordinate(DeleteVectors("t1", "docs", ["1", "3", "nope"])) == 2
+    assert (
+        await manager.coordinate(DeleteVectors("t1", "docs", ["1", "3", "nope"])) == 2
+    )
     found = await manager.coordinate(SearchVectors("t1", "docs", [1.0, 0.0], k=10))
     assert sorted(m.id for m in found) == ["0", "2", "4"]
 
@@ -169,7 +175,7 @@ async def test_bad_searches_name_the_field(manager):
     await create(manager, dim=3)
     with pytest.raises(ValidationError, match="vector: has 2 dimensions"):
         await manager.coordinate(SearchVectors("t1", "docs", [1.0, 0.0]))
-    with pytest.raises(ValidationError, match="^k: "):
+    with pytest.raises(ValidationError, match=r"^k: "):
         await manager.coordinate(SearchVectors("t1", "docs", [1.0, 0.0, 0.0], k=0))
     with pytest.raises(NotFoundError, match="'nope' does not exist"):
         await manager.coordinate(SearchVectors("t1", "nope", [1.0, 0.0, 0.0]))
