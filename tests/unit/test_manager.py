@@ -269,3 +269,51 @@ async def test_concurrent_health_calls_share_one_probe():
     await manager.start()
     await asyncio.gather(manager.health(), manager.health())
     assert fakes.database.pings == 1
+
+
+async def test_reads_go_through_the_cache_keyed_on_the_version():
+    """A repeated read is served from the cache until a write changes the version."""
+    fakes = Fakes()
+    manager = make_manager(FakeResourceSet(fakes.components()))
+    await manager.start()
+    await manager.coordinate(UpsertVectors("t1", "docs", [VectorItem("a", [1.0])]))
+    op = SearchVectors("t1", "docs", [1.0], k=1)
+    await manager.coordinate(op)
+    await manager.coordinate(op)
+    assert fakes.vectors.searches == 1
+    assert fakes.cache.loads == 1
+    fakes.database.generations[("t1", "vectors:docs")] = 7  # as a write would
+    await manager.coordinate(op)
+    assert fakes.vectors.searches == 2
+
+
+async def test_reads_skip_the_cache_while_it_is_unavailable():
+    """With the cache in cooldown, reads go straight to the store."""
+    fakes = Fakes()
+    fakes.cache.available = False
+    manager = make_manager(FakeResourceSet(fakes.components()))
+    await manager.start()
+    op = SearchVectors("t1", "docs", [1.0], k=1)
+    await manager.coordinate(op)
+    await manager.coordinate(op)
+    assert fakes.vectors.searches == 2
+    assert fakes.cache.loads == 0
+
+
+async def test_writes_never_touch_the_cache():
+    """Writes go to the store only."""
+    fakes = Fakes()
+    manager = make_manager(FakeResourceSet(fakes.components()))
+    await manager.start()
+    await manager.coordinate(UpsertVectors("t1", "docs", [VectorItem("a", [1.0])]))
+    assert fakes.cache.entries == {}
+
+
+async def test_start_prepares_partitions_and_maintain_reaches_the_store():
+    """Start-up runs partition upkeep once; maintain() runs it again."""
+    fakes = Fakes()
+    manager = make_manager(FakeResourceSet(fakes.components()))
+    await manager.start()
+    assert fakes.series.maintained == 1
+    await manager.maintain()
+    assert fakes.series.maintained == 2

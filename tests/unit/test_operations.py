@@ -10,8 +10,15 @@ import pytest
 
 from lake.errors import ValidationError
 from lake.operations import (
+    AggregatePoints,
+    Collection,
+    CreateCollection,
+    DeleteVectors,
     Feature,
+    FeaturesInBox,
+    FeaturesInPolygon,
     FeaturesNearby,
+    FeaturesNearest,
     Limits,
     Point,
     QueryPoints,
@@ -75,6 +82,34 @@ NAN, INF = float("nan"), float("inf")
         (FeaturesNearby("t1", 0.0, 0.0, 0.0), "radius_m"),
         (FeaturesNearby("t1", 0.0, 0.0, -5.0), "radius_m"),
         (FeaturesNearby("t1", 0.0, 95.0, 10.0), "lat"),
+        (CreateCollection("t1", Collection("Docs", 3)), "collection.name"),
+        (CreateCollection("t1", Collection("docs", 0)), "collection.dim"),
+        (CreateCollection("t1", Collection("docs", 9)), "collection.dim"),
+        (CreateCollection("t1", Collection("docs", 3, "hamming")), "collection.metric"),
+        (DeleteVectors("t1", "docs", []), "ids"),
+        (DeleteVectors("t1", "docs", ["a", ""]), "ids[1]"),
+        (SearchVectors("t1", "docs", [1.0], where={"x": NAN}), "where"),
+        (SearchVectors("t1", "docs", [1.0], ef_search=0), "ef_search"),
+        (QueryPoints("t1", "cpu", T0, T0 + timedelta(days=367)), "end"),
+        (AggregatePoints("t1", "cpu", T0, T0 + timedelta(1), timedelta(0)), "bucket"),
+        (
+            AggregatePoints("t1", "cpu", T0, T0 + timedelta(1), timedelta(1), "p99"),
+            "fn",
+        ),
+        (
+            AggregatePoints(
+                "t1", "cpu", T0, T0 + timedelta(days=300), timedelta(minutes=1)
+            ),
+            "bucket",
+        ),
+        (FeaturesNearest("t1", 0.0, 0.0, k=11), "k"),
+        (FeaturesInBox("t1", -181.0, 0.0, 1.0, 1.0), "west"),
+        (FeaturesInBox("t1", 0.0, 5.0, 1.0, 1.0), "south"),
+        (FeaturesInPolygon("t1", "POLYGON((0 0))"), "ring"),  # type: ignore[arg-type]
+        (FeaturesInPolygon("t1", [(0, 0), (1, 0), (1, 1)]), "ring"),
+        (FeaturesInPolygon("t1", [(0, 0), (1, 0), (1, 1), (0, 0.5)]), "ring"),
+        (FeaturesInPolygon("t1", [(0, 0), (1, 0, 2), (1, 1), (0, 0)]), "ring[1]"),  # type: ignore[list-item]
+        (FeaturesInPolygon("t1", [(0, 0), (1, NAN), (1, 1), (0, 0)]), "ring[1].lat"),
     ],
 )
 def test_bad_input_names_the_field(operation, field):
@@ -96,6 +131,12 @@ def test_bad_input_names_the_field(operation, field):
         QueryPoints("t1", "cpu", T0, T0 + timedelta(hours=1), limit=100),
         UpsertFeatures("t1", [Feature("a", -180.0, 90.0, {"name": "pole"})]),
         FeaturesNearby("t1", 2.35, 48.85, 1000.0, limit=10),
+        CreateCollection("t1", Collection("docs", 8, "ip")),
+        DeleteVectors("t1", "docs", ["a", "b"]),
+        AggregatePoints("t1", "cpu", T0, T0 + timedelta(hours=1), timedelta(minutes=5)),
+        FeaturesNearest("t1", 0.0, 0.0, k=10),
+        FeaturesInBox("t1", 170.0, -10.0, -170.0, 10.0, limit=100),
+        FeaturesInPolygon("t1", [(0, 0), (1, 0), (1, 1), (0, 0)], limit=100),
     ],
 )
 def test_good_input_passes(operation):
