@@ -174,11 +174,30 @@ async def _serve(settings: dict[str, Any]) -> int:
             return 1
         await server.serving()
         log.info("lake_ready", address=server.address, profile=settings["profile"])
+        upkeep = asyncio.create_task(
+            _upkeep(manager, settings["timeseries"]["maintenance_interval"]),
+            name="upkeep",
+        )
         await stop.wait()
+        upkeep.cancel()
         return 0
     finally:
         await server.stop(grpc_cfg["grace"])
         await manager.stop()
+
+
+async def _upkeep(manager: ServiceManager, interval: float) -> None:
+    """
+    Run store upkeep (partitions ahead, retention) every ``interval`` seconds.
+    """
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            report = await manager.maintain()
+        except LakeError as exc:
+            log.warning("upkeep_failed", error=str(exc))
+        else:
+            log.info("upkeep_done", report=repr(report))
 
 
 async def _start_or_stop(manager: ServiceManager, stop: asyncio.Event) -> bool:

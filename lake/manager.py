@@ -202,6 +202,8 @@ class ServiceManager:
             was = self._state
             self._state = State.STOPPING
             if was is State.RUNNING:
+                if self._components is not None:
+                    await self._components.cache.drain()
                 await self._close_quietly()
             self._components = None
             self._state = State.STOPPED
@@ -313,10 +315,11 @@ class ServiceManager:
         if route.scope is None or route.codec is None or not c.cache.available:
             return await load()
         scope = route.scope(op)
-        version = await c.database.cache_version(op.tenant, scope)
-        key = cache_key(op.tenant, scope, version, op)
+        version = c.database.cache_version(op.tenant, scope)
+        key = cache_key(op.tenant, scope, op)
+        codec = route.codec
         return await c.cache.read_through(
-            key, load, route.codec.encode, route.codec.decode
+            key, version, load, codec.encode, codec.decode
         )
 
     async def maintain(self) -> object:

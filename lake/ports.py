@@ -74,12 +74,18 @@ class Cache(Pingable, Protocol):
     async def read_through(
         self,
         key: str,
+        version: Awaitable[str],
         load: Callable[[], Awaitable[T]],
         encode: Callable[[T], bytes],
         decode: Callable[[bytes], T],
     ) -> T:
         """
-        The cached value of ``key``, or ``load()`` once per key at a time.
+        The value of ``key`` cached at ``version``, or ``load()`` once at a time.
+        """
+
+    async def drain(self) -> None:
+        """
+        Finish or cancel background cache writes.
         """
 
 

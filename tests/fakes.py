@@ -105,20 +105,26 @@ class FakeCache(FakePingable):
         self.entries: dict[str, bytes] = {}
         self.available = True
         self.loads = 0
+        self.drained = False
 
     async def read_through(
         self,
         key: str,
+        version: Awaitable[str],
         load: Callable[[], Awaitable[T]],
         encode: Callable[[T], bytes],
         decode: Callable[[bytes], T],
     ) -> T:
-        if key in self.entries:
-            return decode(self.entries[key])
+        entry = f"{key}@{await version}"
+        if entry in self.entries:
+            return decode(self.entries[entry])
         self.loads += 1
         value = await load()
-        self.entries[key] = encode(value)
+        self.entries[entry] = encode(value)
         return value
+
+    async def drain(self) -> None:
+        self.drained = True
 
 
 class FakeVectorStore(FakePingable):

@@ -29,6 +29,17 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         return
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """
+    Skip asyncpg's per-release ``RESET ALL`` round trip.
+
+    asyncpg still rolls back a transaction left open before calling this. Lake sets
+    session state only transaction-locally (``SET LOCAL ROLE``,
+    ``set_config(..., true)``), so nothing else can outlive a transaction; the
+    tenant-isolation tests check that the next user of a connection inherits none.
+    """
+
+
 @asynccontextmanager
 async def open_pg_pool(
     *,
@@ -65,6 +76,7 @@ async def open_pg_pool(
                 ),
             },
             init=_init_connection,
+            reset=_keep_session,
         )
     except Exception as exc:
         raise translate_pg_error(exc) from None

@@ -1,11 +1,13 @@
 """
 Read cache over Redis: read-through, one load per key, a failure is only a miss.
 
-Correctness does not rest on Redis: keys carry the generation that PostgreSQL bumps
-in every write's own transaction (``cache_generations``), so once a write is
-acknowledged no reader can build the key of the answer from before it. Redis being
-down, slow or silent costs at most one ``timeout`` and then a ``cooldown`` in which
-the cache is skipped outright; errors are counted and logged once per interval.
+Correctness does not rest on Redis: each entry carries the version (a per-database
+namespace and the generation PostgreSQL changes in every write's own transaction,
+``cache_generations``) it was loaded at, and a read only accepts an entry of the
+current version; once a write is acknowledged no reader can accept an older answer.
+Redis being down, slow or silent costs at most one ``timeout`` and then a
+``cooldown`` in which the cache is skipped outright; errors are counted and logged
+once per interval.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class RedisCache:
         self._last_logged = float("-inf")
         self._skip_until = float("-inf")
         self._inflight: dict[str, asyncio.Future[Any]] = {}
+        self._pending: set[asyncio.Future[None]] = set()
         self.hits = 0
         self.misses = 0
         self.errors = 0
@@ -102,34 +105,42 @@ class RedisCache:
     async def read_through(
         self,
         key: str,
+        version: Awaitable[str],
         load: Callable[[], Awaitable[T]],
         encode: Callable[[T], bytes],
         decode: Callable[[bytes], T],
     ) -> T:
         """
-        Return the cached value of ``key``, or load it (once per key at a time).
+        Return the value of ``key`` cached at ``version``, or load it.
+
+        The entry stores the version it was loaded at; the lookup and the version
+        read run concurrently, and an entry of another version is a miss. One load
+        per (key, version) runs at a time; the store back to Redis does not delay
+        the answer.
         """
-        cached = await self.get(key)
-        if cached is not None:
+        cached, current = await asyncio.gather(self.get(key), version)
+        tag = current.encode() + b"\n"
+        if cached is not None and cached.startswith(tag):
             try:
-                value = decode(cached)
+                value = decode(cached[len(tag) :])
             except (ValueError, KeyError, TypeError):
                 self.errors += 1  # unreadable entry: load it again
             else:
                 self.hits += 1
                 return value
         self.misses += 1
-        while (leader := self._inflight.get(key)) is not None:
+        flight = f"{key}@{current}"
+        while (leader := self._inflight.get(flight)) is not None:
             result = await asyncio.shield(leader)
             if result is not _RETRY:
                 return result  # type: ignore[no-any-return]
-        return await self._lead(key, load, encode)
+        value = await self._lead(flight, load)
+        self._spawn(self.set(key, tag + encode(value)))
+        return value
 
-    async def _lead(
-        self, key: str, load: Callable[[], Awaitable[T]], encode: Callable[[T], bytes]
-    ) -> T:
+    async def _lead(self, flight: str, load: Callable[[], Awaitable[T]]) -> T:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = future
+        self._inflight[flight] = future
         try:
             value = await load()
         except asyncio.CancelledError:
@@ -140,10 +151,26 @@ class RedisCache:
             future.exception()  # waiters re-raise it; nobody else needs to
             raise
         finally:
-            del self._inflight[key]
+            del self._inflight[flight]
         future.set_result(value)
-        await self.set(key, encode(value))
         return value
+
+    def _spawn(self, job: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(job)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def drain(self, grace: float = 1.0) -> None:
+        """
+        Let background writes finish (or cancel them) before Redis closes.
+        """
+        if not self._pending:
+            return
+        _, late = await asyncio.wait(set(self._pending), timeout=grace)
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.wait(late)
 
     async def ping(self) -> str | None:
         """

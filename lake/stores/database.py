@@ -212,17 +212,21 @@ class Database:
         Every write to the scope changes it in the write's own transaction, so a
         cache entry keyed on it can never outlive the data it was read from.
         """
-        if self._namespace is None:
-            async with self.transaction() as conn:
-                self._namespace = await conn.fetchval(
-                    "SELECT value FROM lake_meta WHERE key = 'cache_namespace'"
+        async with self.connection() as conn:
+            try:
+                if self._namespace is None:
+                    self._namespace = await conn.fetchval(
+                        "SELECT value FROM lake_meta WHERE key = 'cache_namespace'"
+                    )
+                # One round trip, no transaction: this sits on every cached read.
+                gen = await conn.fetchval(
+                    "SELECT gen FROM cache_generations"
+                    " WHERE tenant_id = $1 AND scope = $2",
+                    tenant,
+                    scope,
                 )
-        async with self.transaction(tenant) as conn:
-            gen = await conn.fetchval(
-                "SELECT gen FROM cache_generations WHERE tenant_id = $1 AND scope = $2",
-                tenant,
-                scope,
-            )
+            except Exception as exc:
+                raise translate_pg_error(exc) from None
         return f"{self._namespace}:{gen or 0}"
 
     async def ping(self) -> str | None:

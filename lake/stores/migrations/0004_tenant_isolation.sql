@@ -15,14 +15,17 @@ CREATE FUNCTION lake_tenant() RETURNS text
     LANGUAGE sql STABLE
     AS $$ SELECT NULLIF(current_setting('app.tenant_id', true), '') $$;
 
--- Cache generations: bumped in the same transaction as every write, so a read after
--- an acknowledged write can never be served an older cached answer.
+-- Cache generations: changed in the same transaction as every write, so a read
+-- after an acknowledged write can never be served an older cached answer. They hold
+-- no tenant data, only version numbers: no row-level security, so Lake reads them in
+-- one round trip before a cached read.
 CREATE TABLE cache_generations (
     tenant_id text NOT NULL,
     scope     text NOT NULL,
     gen       bigint NOT NULL DEFAULT 1,
     PRIMARY KEY (tenant_id, scope)
 );
+GRANT SELECT, INSERT, UPDATE ON cache_generations TO lake_app;
 
 -- Time series, partitioned by day; ts_points (first cut) is migrated and dropped.
 CREATE TABLE ts_series (
@@ -69,7 +72,7 @@ CREATE INDEX features_geom_idx ON features USING gist (geom);
 DO $$
 DECLARE t text;
 BEGIN
-    FOREACH t IN ARRAY ARRAY['cache_generations', 'ts_series', 'ts_data', 'features']
+    FOREACH t IN ARRAY ARRAY['ts_series', 'ts_data', 'features']
     LOOP
         EXECUTE format('ALTER TABLE %I ENABLE ROW LEVEL SECURITY', t);
         EXECUTE format('ALTER TABLE %I FORCE ROW LEVEL SECURITY', t);

@@ -1,0 +1,3 @@
+"""
+Benchmarks: Lake's paths against the raw driver on the same servers, in one run.
+"""
