@@ -69,19 +69,22 @@ DROP TABLE ts_points;
 ALTER TABLE features ADD COLUMN geom point GENERATED ALWAYS AS (point(lon, lat)) STORED;
 CREATE INDEX features_geom_idx ON features USING gist (geom);
 
-DO $$
-DECLARE t text;
+-- Row-level security on a tenant table: forced (the owner too), one policy on
+-- tenant_id, and lake_app's grants. Later migrations call it for their tables.
+CREATE FUNCTION lake_isolate(tbl regclass) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
 BEGIN
-    FOREACH t IN ARRAY ARRAY['ts_series', 'ts_data', 'features']
-    LOOP
-        EXECUTE format('ALTER TABLE %I ENABLE ROW LEVEL SECURITY', t);
-        EXECUTE format('ALTER TABLE %I FORCE ROW LEVEL SECURITY', t);
-        EXECUTE format(
-            'CREATE POLICY tenant_isolation ON %I'
-            ' USING (tenant_id = lake_tenant()) WITH CHECK (tenant_id = lake_tenant())',
-            t);
-        EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %I TO lake_app', t);
-    END LOOP;
+    EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', tbl);
+    EXECUTE format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', tbl);
+    EXECUTE format(
+        'CREATE POLICY tenant_isolation ON %s'
+        ' USING (tenant_id = lake_tenant()) WITH CHECK (tenant_id = lake_tenant())',
+        tbl);
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO lake_app', tbl);
 END
 $$;
+SELECT lake_isolate('ts_series');
+SELECT lake_isolate('ts_data');
+SELECT lake_isolate('features');
 GRANT USAGE ON SEQUENCE ts_series_id_seq TO lake_app;

@@ -45,18 +45,6 @@ END
 $$;
 ALTER TABLE vectors RENAME TO vectors_v0;
 
-DO $$
-DECLARE t text;
-BEGIN
-    FOREACH t IN ARRAY ARRAY['vector_collections', 'vector_items'] LOOP
-        EXECUTE format('ALTER TABLE %I ENABLE ROW LEVEL SECURITY', t);
-        EXECUTE format('ALTER TABLE %I FORCE ROW LEVEL SECURITY', t);
-        EXECUTE format(
-            'CREATE POLICY tenant_isolation ON %I'
-            ' USING (tenant_id = lake_tenant()) WITH CHECK (tenant_id = lake_tenant())',
-            t);
-        EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %I TO lake_app', t);
-    END LOOP;
-END
-$$;
+SELECT lake_isolate('vector_collections');
+SELECT lake_isolate('vector_items');
 GRANT USAGE ON SEQUENCE vector_collections_id_seq TO lake_app;
