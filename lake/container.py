@@ -24,6 +24,7 @@ from dependency_injector import containers, providers
 
 from lake.manager import ServiceManager
 from lake.mesh.client import open_mesh
+from lake.mesh.relay import OutboxRelay
 from lake.models import Limits
 from lake.ports import Components
 from lake.resilience import RetryPolicy
@@ -46,6 +47,10 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+
+def _has_stream(peers: dict[str, Any]) -> bool:
+    return "stream" in peers
 
 
 class ContainerResources:
@@ -120,8 +125,13 @@ class Container(containers.DeclarativeContainer):
         ttl_s=config.cache.ttl_s,
         cooldown_s=config.cache.cooldown_s,
     )
+    # Change events are recorded (outbox) only when a stream peer is configured.
+    events = providers.Callable(_has_stream, config.mesh.peers)
     vectors = providers.Singleton(
-        PgVectorStore, database, default_ef_search=config.vectors.ef_search
+        PgVectorStore,
+        database,
+        default_ef_search=config.vectors.ef_search,
+        events=events,
     )
     series = providers.Singleton(
         PgTimeSeriesStore,
@@ -129,9 +139,18 @@ class Container(containers.DeclarativeContainer):
         retention_days=config.timeseries.retention_days,
         future_days=config.timeseries.future_days,
         cursor_key=config.timeseries.cursor_key,
+        events=events,
     )
-    spatial = providers.Singleton(PgSpatialStore, database)
+    spatial = providers.Singleton(PgSpatialStore, database, events=events)
     migrator = providers.Singleton(Migrator, database)
+    relay = providers.Singleton(
+        OutboxRelay,
+        database,
+        mesh_client,
+        enabled=events,
+        batch=config.events.batch,
+        retention_days=config.events.retention_days,
+    )
 
     components = providers.Singleton(
         Components,
@@ -142,6 +161,7 @@ class Container(containers.DeclarativeContainer):
         spatial=spatial,
         mesh=mesh_client,
         migrator=migrator,
+        relay=relay,
     )
 
     manager = providers.Singleton(
@@ -158,6 +178,7 @@ class Container(containers.DeclarativeContainer):
             max_buckets=config.limits.max_buckets,
             max_polygon_vertices=config.limits.max_polygon_vertices,
             max_ef_search=config.limits.max_ef_search,
+            max_text_chars=config.limits.max_text_chars,
         ),
         startup=providers.Factory(
             RetryPolicy,

@@ -7,6 +7,7 @@ One error tree for every deliberate failure in Lake.
     ├─ ConfigError(LakeError, ValueError)       bad or missing settings; start-up only
     ├─ LifecycleError(LakeError)                used out of turn (before start, ...)
     ├─ ValidationError(LakeError, ValueError)   bad operation input; names the field
+    ├─ DeadlineExceededError(LakeError)         the caller's time ran out
     ├─ StoreError(LakeError)
     │  ├─ NotFoundError                         the named thing does not exist
     │  ├─ ConflictError                         the write contradicts what is stored
@@ -26,6 +27,7 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "ConflictError",
+    "DeadlineExceededError",
     "LakeError",
     "LifecycleError",
     "MeshError",
@@ -66,6 +68,12 @@ class ValidationError(LakeError, ValueError):
         self.field = field
         self.problem = problem
         super().__init__(f"{field}: {problem}")
+
+
+class DeadlineExceededError(LakeError):
+    """
+    The caller's deadline passed before the operation finished; not retried.
+    """
 
 
 class StoreError(LakeError):

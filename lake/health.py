@@ -51,6 +51,9 @@ class Check:
     name: str
     probe: Callable[[], Awaitable[str | None]]
     critical: bool
+    # What a failed probe means: DOWN, or DEGRADED for a part that not every
+    # operation needs (a mesh peer).
+    failure: Status = Status.DOWN
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +109,7 @@ async def _run_one(check: Check, time_box: float) -> ComponentHealth:
         async with asyncio.timeout(time_box):
             degraded = await check.probe()
     except Exception as exc:
-        status, reason = Status.DOWN, _reason(exc, time_box)
+        status, reason = check.failure, _reason(exc, time_box)
     else:
         status = Status.UP if degraded is None else Status.DEGRADED
         reason = degraded or ""

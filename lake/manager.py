@@ -23,6 +23,7 @@ from typing import Any, overload
 
 import structlog
 
+from lake import deadline
 from lake.codec import (
     BUCKETS,
     FEATURE_MATCHES,
@@ -31,7 +32,13 @@ from lake.codec import (
     Codec,
     cache_key,
 )
-from lake.errors import LakeError, LifecycleError, ValidationError
+from lake.errors import (
+    DeadlineExceededError,
+    LakeError,
+    LifecycleError,
+    MeshError,
+    ValidationError,
+)
 from lake.health import (
     Check,
     ComponentHealth,
@@ -47,6 +54,7 @@ from lake.models import (
     FeatureMatch,
     Limits,
     PointPage,
+    VectorItem,
     VectorMatch,
     series_scope,
     vector_scope,
@@ -61,8 +69,10 @@ from lake.operations import (
     FeaturesNearest,
     Operation,
     QueryPoints,
+    SearchText,
     SearchVectors,
     UpsertFeatures,
+    UpsertTexts,
     UpsertVectors,
     WritePoints,
 )
@@ -244,8 +254,14 @@ class ServiceManager:
             # A server without pgvector still serves time series and features.
             Check("vectors", c.vectors.ping, critical=False),
         ]
+        # A missing peer degrades Lake: only the operations that need it fail.
         checks += [
-            Check(f"mesh.{peer}", partial(c.mesh.ping, peer), critical=False)
+            Check(
+                f"mesh.{peer}",
+                partial(c.mesh.ping, peer),
+                critical=False,
+                failure=Status.DEGRADED,
+            )
             for peer in c.mesh.peers
         ]
         return checks
@@ -255,12 +271,18 @@ class ServiceManager:
     @overload
     async def coordinate(
         self,
-        operation: UpsertVectors | DeleteVectors | WritePoints | UpsertFeatures,
+        operation: UpsertVectors
+        | UpsertTexts
+        | DeleteVectors
+        | WritePoints
+        | UpsertFeatures,
     ) -> int: ...
     @overload
     async def coordinate(self, operation: CreateCollection) -> Collection: ...
     @overload
-    async def coordinate(self, operation: SearchVectors) -> list[VectorMatch]: ...
+    async def coordinate(
+        self, operation: SearchVectors | SearchText
+    ) -> list[VectorMatch]: ...
     @overload
     async def coordinate(self, operation: QueryPoints) -> PointPage: ...
     @overload
@@ -297,8 +319,17 @@ class ServiceManager:
         stats = self.stats.setdefault(name, OperationStats())
         started = time.perf_counter()
         stats.calls += 1
+        budget = deadline.remaining()
+        policy = self._operations.within(budget)
         try:
-            return await self._operations.run(partial(self._dispatch, route, operation))
+            async with asyncio.timeout(budget):
+                return await policy.run(partial(self._dispatch, route, operation))
+        except TimeoutError:
+            stats.failures["DeadlineExceededError"] = (
+                stats.failures.get("DeadlineExceededError", 0) + 1
+            )
+            msg = "deadline exceeded"
+            raise DeadlineExceededError(msg) from None
         except LakeError as exc:
             kind = type(exc).__name__
             stats.failures[kind] = stats.failures.get(kind, 0) + 1
@@ -324,9 +355,19 @@ class ServiceManager:
 
     async def maintain(self) -> object:
         """
-        Run periodic store upkeep: time-series partitions ahead, expired ones dropped.
+        Run periodic store upkeep: time-series partitions ahead, expired ones
+        dropped, delivered outbox events purged.
         """
-        return await self._running().series.maintain()
+        c = self._running()
+        report = await c.series.maintain()
+        await c.relay.purge()
+        return report
+
+    async def deliver_events(self) -> object:
+        """
+        Deliver pending change events to the stream peer (one relay round).
+        """
+        return await self._running().relay.run_once()
 
     def status(self) -> dict[str, object]:
         """
@@ -355,6 +396,30 @@ class _Route:
     handler: Callable[[Components, Any], Awaitable[object]]
     scope: Callable[[Any], str] | None = None
     codec: Codec[Any] | None = None
+
+
+async def _embed(c: Components, texts: list[str]) -> list[list[float]]:
+    vectors = await c.mesh.embed(texts)
+    if len(vectors) != len(texts):
+        msg = "peer cortex returned a wrong number of embeddings"
+        raise MeshError(msg)
+    return vectors
+
+
+async def _upsert_texts(c: Components, op: UpsertTexts) -> int:
+    vectors = await _embed(c, [item.text for item in op.items])
+    items = [
+        VectorItem(item.id, vector, {**item.metadata, "text": item.text})
+        for item, vector in zip(op.items, vectors, strict=True)
+    ]
+    return await c.vectors.upsert(op.tenant, op.collection, items)
+
+
+async def _search_text(c: Components, op: SearchText) -> list[VectorMatch]:
+    (vector,) = await _embed(c, [op.text])
+    return await c.vectors.search(
+        op.tenant, op.collection, vector, op.k, where=op.where
+    )
 
 
 def _vectors(op: Any) -> str:
@@ -389,6 +454,8 @@ ROUTES: dict[type[Any], _Route] = {
         _vectors,
         VECTOR_MATCHES,
     ),
+    UpsertTexts: _Route(lambda c, op: _upsert_texts(c, op)),
+    SearchText: _Route(lambda c, op: _search_text(c, op)),
     DeleteVectors: _Route(
         lambda c, op: c.vectors.delete(op.tenant, op.collection, list(op.ids))
     ),

@@ -15,12 +15,14 @@ __all__ = [
     "SPATIAL_SCOPE",
     "Bucket",
     "Collection",
+    "Event",
     "Feature",
     "FeatureMatch",
     "Limits",
     "Point",
     "PointPage",
     "SeriesPoint",
+    "TextItem",
     "VectorItem",
     "VectorMatch",
     "series_scope",
@@ -46,6 +48,7 @@ class Limits:
     max_buckets: int = 10000
     max_polygon_vertices: int = 1000
     max_ef_search: int = 1000
+    max_text_chars: int = 8192
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,3 +165,28 @@ def series_scope(metric: str) -> str:
     The cache scope of a metric's series.
     """
     return f"series:{metric}"
+
+
+@dataclass(frozen=True, slots=True)
+class TextItem:
+    """
+    One text to embed and store as a vector, with its id and metadata.
+    """
+
+    id: str
+    text: str
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """
+    A change event from the outbox, as delivered to the stream peer.
+    """
+
+    event_id: str
+    tenant: str
+    sequence: int
+    kind: str
+    payload: Mapping[str, Any]
+    occurred_at: datetime

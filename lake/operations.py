@@ -26,6 +26,7 @@ from lake.models import (
     Feature,
     Limits,
     Point,
+    TextItem,
     VectorItem,
 )
 
@@ -43,8 +44,11 @@ __all__ = [
     "Operation",
     "Point",
     "QueryPoints",
+    "SearchText",
     "SearchVectors",
+    "TextItem",
     "UpsertFeatures",
+    "UpsertTexts",
     "UpsertVectors",
     "VectorItem",
     "WritePoints",
@@ -518,11 +522,72 @@ class FeaturesInPolygon:
         _check_limit(self.limit, "limit", limits.max_range_points)
 
 
+def _check_text(text: object, where: str, limits: Limits) -> None:
+    if not isinstance(text, str) or not text.strip():
+        raise ValidationError(where, "must be non-empty text")
+    if len(text) > limits.max_text_chars:
+        raise ValidationError(where, f"longer than {limits.max_text_chars} characters")
+    if "\x00" in text:
+        raise ValidationError(where, "contains a NUL character")
+
+
+@dataclass(frozen=True, slots=True)
+class UpsertTexts:
+    """
+    Embed texts with the cortex peer and store them as vectors by id.
+    """
+
+    tenant: str
+    collection: str
+    items: Sequence[TextItem]
+
+    def validate(self, limits: Limits) -> None:
+        """
+        Check every field; raise ValidationError naming the first bad one.
+        """
+        check_tenant(self.tenant)
+        _check_name(self.collection, "collection")
+        _check_batch(self.items, "items", limits)
+        seen: set[str] = set()
+        for i, item in enumerate(self.items):
+            _check_id(item.id, f"items[{i}].id")
+            if item.id in seen:
+                raise ValidationError(f"items[{i}].id", "appears twice in the batch")
+            seen.add(item.id)
+            _check_text(item.text, f"items[{i}].text", limits)
+            _check_json(item.metadata, f"items[{i}].metadata")
+
+
+@dataclass(frozen=True, slots=True)
+class SearchText:
+    """
+    Embed a text with the cortex peer and search a collection with it.
+    """
+
+    tenant: str
+    collection: str
+    text: str
+    k: int = 10
+    where: Mapping[str, Any] = field(default_factory=dict)
+
+    def validate(self, limits: Limits) -> None:
+        """
+        Check every field; raise ValidationError naming the first bad one.
+        """
+        check_tenant(self.tenant)
+        _check_name(self.collection, "collection")
+        _check_text(self.text, "text", limits)
+        _check_limit(self.k, "k", limits.max_top_k)
+        _check_json(self.where, "where")
+
+
 Operation = (
     CreateCollection
     | UpsertVectors
     | SearchVectors
     | DeleteVectors
+    | UpsertTexts
+    | SearchText
     | WritePoints
     | QueryPoints
     | AggregatePoints

@@ -15,6 +15,7 @@ from typing import Any, Protocol, TypeVar
 from lake.models import (
     Bucket,
     Collection,
+    Event,
     Feature,
     FeatureMatch,
     Point,
@@ -29,6 +30,7 @@ __all__ = [
     "Database",
     "Mesh",
     "Migrator",
+    "Relay",
     "ResourceSet",
     "SpatialStore",
     "TimeSeriesStore",
@@ -235,6 +237,32 @@ class Mesh(Protocol):
         Probe one peer.
         """
 
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """
+        Embed texts with the cortex peer.
+        """
+
+    async def publish(self, events: Sequence[Event]) -> int:
+        """
+        Deliver events to the stream peer.
+        """
+
+
+class Relay(Protocol):
+    """
+    Delivers outbox events to the stream peer.
+    """
+
+    async def run_once(self) -> object:
+        """
+        Deliver what is pending now.
+        """
+
+    async def purge(self) -> int:
+        """
+        Drop old delivered events.
+        """
+
 
 class Migrator(Protocol):
     """
@@ -260,6 +288,7 @@ class Components:
     spatial: SpatialStore
     mesh: Mesh
     migrator: Migrator
+    relay: Relay
 
 
 class ResourceSet(Protocol):

@@ -7,6 +7,7 @@ call arguments.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -37,6 +38,14 @@ class RetryPolicy:
     timeout: float = 5.0
     wait_initial: float = 0.05
     wait_max: float = 1.0
+
+    def within(self, budget: float | None) -> RetryPolicy:
+        """
+        This policy with its total time cut to ``budget`` seconds when given.
+        """
+        if budget is None or budget >= self.timeout:
+            return self
+        return dataclasses.replace(self, timeout=max(budget, 0.001))
 
     async def run(
         self,

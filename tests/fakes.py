@@ -15,6 +15,7 @@ from lake.errors import StoreUnavailableError
 from lake.models import (
     Bucket,
     Collection,
+    Event,
     Feature,
     FeatureMatch,
     Point,
@@ -304,6 +305,7 @@ def _haversine_m(lon1: float, lat1: float, lon2: float, lat2: float) -> float:
 class FakeMesh:
     def __init__(self, peers: dict[str, bool] | None = None) -> None:
         self.state = dict(peers or {})
+        self.published: list[Event] = []
 
     @property
     def peers(self) -> list[str]:
@@ -314,6 +316,28 @@ class FakeMesh:
             msg = f"peer {peer} unreachable"
             raise StoreUnavailableError(msg)
         return None
+
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        # Deterministic: letter counts of a, b, c (plus one, never all zero).
+        return [[1.0 + t.count(ch) for ch in "abc"] for t in texts]
+
+    async def publish(self, events: Sequence[Event]) -> int:
+        self.published.extend(events)
+        return len(events)
+
+
+class FakeRelay:
+    def __init__(self) -> None:
+        self.rounds = 0
+        self.purges = 0
+
+    async def run_once(self) -> object:
+        self.rounds += 1
+        return None
+
+    async def purge(self) -> int:
+        self.purges += 1
+        return 0
 
 
 class FakeMigrator:
@@ -341,6 +365,7 @@ class Fakes:
     spatial: FakeSpatialStore = field(default_factory=FakeSpatialStore)
     mesh: FakeMesh = field(default_factory=FakeMesh)
     migrator: FakeMigrator = field(default_factory=FakeMigrator)
+    relay: FakeRelay = field(default_factory=FakeRelay)
 
     def components(self) -> Components:
         return Components(
@@ -351,6 +376,7 @@ class Fakes:
             spatial=self.spatial,
             mesh=self.mesh,
             migrator=self.migrator,
+            relay=self.relay,
         )
 
 

@@ -1,30 +1,75 @@
 """
 Mesh client: one reused gRPC channel per peer, found by logical name.
 
-Peers come from config as a target string per name: ``host:port`` (a static
-address) or ``dns:///name:port`` (resolved by grpcio, balanced round-robin).
+Peers come from config, one entry per name:
+
+- ``"host:port"``: one static address;
+- ``["host:port", "host:port"]``: a static list, balanced round-robin;
+- ``"dns:///name:port"``: resolved by grpcio and balanced round-robin over every
+  address (a Kubernetes headless Service works this way).
+
+Every call carries a deadline: the configured call timeout, or less when the
+caller's own deadline (``lake.deadline``) leaves less.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 
 import grpc
 import structlog
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from lake.errors import MeshUnavailableError, NotFoundError
+from lake import deadline
+from lake.errors import (
+    DeadlineExceededError,
+    LakeError,
+    MeshError,
+    MeshUnavailableError,
+    NotFoundError,
+)
+from lake.mesh.v1 import peers_pb2, peers_pb2_grpc
+from lake.models import Event
 
-__all__ = ["MeshClient", "open_mesh"]
+__all__ = ["MeshClient", "open_mesh", "target_of"]
 
 log = structlog.get_logger(__name__)
 
 _SERVICE_CONFIG = json.dumps(
     {"loadBalancingConfig": [{"round_robin": {}}]}, separators=(",", ":")
 )
+_TRANSIENT = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.ABORTED,
+}
+
+
+def target_of(spec: str | Sequence[str]) -> str:
+    """
+    The grpcio target for a peer's configured address or list of addresses.
+    """
+    if isinstance(spec, str):
+        return spec
+    hosts = [str(s) for s in spec]
+    if len(hosts) == 1:
+        return hosts[0]
+    return "ipv4:" + ",".join(hosts)
+
+
+def _failure(peer: str, exc: grpc.aio.AioRpcError) -> LakeError:
+    code = exc.code()
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return DeadlineExceededError(f"peer {peer} did not answer in time")
+    if code in _TRANSIENT:
+        return MeshUnavailableError(f"peer {peer} unavailable ({code.name})")
+    error = MeshError(f"peer {peer} failed ({code.name})")
+    error.code = code  # type: ignore[attr-defined]
+    return error
 
 
 class MeshClient:
@@ -55,6 +100,13 @@ class MeshClient:
             msg = f"peer {peer!r} is not configured"
             raise NotFoundError(msg) from None
 
+    def _timeout(self) -> float:
+        left = deadline.remaining()
+        if left is not None and left <= 0:
+            msg = "deadline exceeded before calling a peer"
+            raise DeadlineExceededError(msg)
+        return self.call_timeout if left is None else min(self.call_timeout, left)
+
     async def ping(self, peer: str) -> str | None:
         """
         Ask ``peer``'s standard health service; raise when it is not serving.
@@ -62,7 +114,7 @@ class MeshClient:
         stub = health_pb2_grpc.HealthStub(self.channel(peer))
         try:
             reply = await stub.Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=self.call_timeout
+                health_pb2.HealthCheckRequest(service=""), timeout=self._timeout()
             )
         except grpc.aio.AioRpcError as exc:
             msg = f"peer {peer} unreachable ({exc.code().name})"
@@ -72,10 +124,58 @@ class MeshClient:
             raise MeshUnavailableError(msg)
         return None
 
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """
+        Embed ``texts`` with the cortex peer, one vector per text.
+        """
+        peer = "cortex"
+        stub = peers_pb2_grpc.CortexStub(self.channel(peer))
+        try:
+            reply = await stub.Embed(
+                peers_pb2.EmbedRequest(texts=list(texts)), timeout=self._timeout()
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _failure(peer, exc) from None
+        if len(reply.embeddings) != len(texts):
+            msg = "peer cortex returned a wrong number of embeddings"
+            raise MeshError(msg)
+        return [list(e.values) for e in reply.embeddings]
+
+    async def publish(self, events: Sequence[Event]) -> int:
+        """
+        Deliver ``events`` to the stream peer; return how many it accepted.
+        """
+        peer = "stream"
+        stub = peers_pb2_grpc.StreamStub(self.channel(peer))
+        request = peers_pb2.PublishRequest(events=[_event(e) for e in events])
+        try:
+            reply = await stub.Publish(request, timeout=self._timeout())
+        except grpc.aio.AioRpcError as exc:
+            raise _failure(peer, exc) from None
+        return int(reply.accepted)
+
+
+def _event(event: Event) -> peers_pb2.Event:
+    payload = struct_pb2.Struct()
+    json_format.ParseDict(dict(event.payload), payload)
+    occurred = timestamp_pb2.Timestamp()
+    occurred.FromDatetime(event.occurred_at)
+    return peers_pb2.Event(
+        event_id=event.event_id,
+        tenant=event.tenant,
+        sequence=event.sequence,
+        kind=event.kind,
+        payload=payload,
+        occurred_at=occurred,
+    )
+
 
 @asynccontextmanager
 async def open_mesh(
-    *, peers: Mapping[str, str], call_timeout: float = 2.0, close_timeout: float = 2.0
+    *,
+    peers: Mapping[str, str | Sequence[str]],
+    call_timeout: float = 2.0,
+    close_timeout: float = 2.0,
 ) -> AsyncIterator[MeshClient]:
     """
     Open one lazy channel per peer and close them all on exit.
@@ -85,8 +185,8 @@ async def open_mesh(
     """
     options = [("grpc.service_config", _SERVICE_CONFIG), ("grpc.enable_retries", 0)]
     channels = {
-        name: grpc.aio.insecure_channel(target, options=options)
-        for name, target in peers.items()
+        name: grpc.aio.insecure_channel(target_of(spec), options=options)
+        for name, spec in peers.items()
     }
     try:
         log.info("mesh_opened", peers=sorted(channels))

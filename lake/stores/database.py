@@ -10,6 +10,7 @@ that carry no SQL, driver names or secrets.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -20,6 +21,7 @@ import asyncpg
 
 from lake.errors import (
     ConflictError,
+    DeadlineExceededError,
     LakeError,
     StoreError,
     StoreUnavailableError,
@@ -30,7 +32,7 @@ __all__ = [
     "APP_ROLE",
     "Database",
     "PoolMetrics",
-    "bump_generation",
+    "record_write",
     "translate_pg_error",
 ]
 
@@ -55,7 +57,7 @@ def translate_pg_error(exc: BaseException) -> LakeError:
     if state in _UNAVAILABLE or state.startswith("08"):
         return StoreUnavailableError("database is unavailable")
     if state == "57014":
-        return StoreUnavailableError("database statement timed out")
+        return DeadlineExceededError("database statement timed out")
     if state.startswith("28"):
         return StoreError("database rejected the credentials")
     if state == "3D000":
@@ -108,19 +110,34 @@ async def _rollback(conn: Any) -> None:
         conn.terminate()
 
 
-async def bump_generation(conn: Any, tenant: str, scope: str) -> None:
+async def record_write(
+    conn: Any,
+    tenant: str,
+    scope: str,
+    event: tuple[str, Mapping[str, Any]] | None = None,
+) -> None:
     """
-    Invalidate cached reads of ``scope`` for ``tenant``, inside the write's transaction.
+    Inside a write's transaction: invalidate cached reads of ``scope`` and, when
+    ``event`` (kind, payload) is given, add it to the outbox. One round trip.
     """
     # A random new generation, not gen + 1: a database restored from a backup, or
     # another database, can then never reproduce a generation whose entries differ.
-    await conn.execute(
+    bump = (
         "INSERT INTO cache_generations (tenant_id, scope, gen)"
         " VALUES ($1, $2, floor(random() * 9007199254740991)::bigint)"
-        " ON CONFLICT (tenant_id, scope)"
-        " DO UPDATE SET gen = EXCLUDED.gen",
+        " ON CONFLICT (tenant_id, scope) DO UPDATE SET gen = EXCLUDED.gen"
+    )
+    if event is None:
+        await conn.execute(bump, tenant, scope)
+        return
+    kind, payload = event
+    await conn.execute(
+        "WITH recorded AS (INSERT INTO outbox (tenant_id, kind, payload)"  # noqa: S608 -- constant SQL
+        " VALUES ($1, $3, $4::jsonb)) " + bump,
         tenant,
         scope,
+        kind,
+        json.dumps(dict(payload), separators=(",", ":"), default=str),
     )
 
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from lake.models import SPATIAL_SCOPE, Feature, FeatureMatch
-from lake.stores.database import Database, bump_generation
+from lake.stores.database import Database, record_write
 
 __all__ = ["PgSpatialStore"]
 
@@ -34,8 +34,9 @@ class PgSpatialStore:
     Features per tenant, found by distance, box or polygon.
     """
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, events: bool = False) -> None:
         self._db = db
+        self._events = events
 
     async def upsert(self, tenant: str, features: list[Feature]) -> int:
         """
@@ -54,7 +55,13 @@ class PgSpatialStore:
                 " updated_at = now()",
                 rows,
             )
-            await bump_generation(conn, tenant, SPATIAL_SCOPE)
+            event = {"ids": [f.id for f in features]}
+            await record_write(
+                conn,
+                tenant,
+                SPATIAL_SCOPE,
+                ("features.upserted", event) if self._events else None,
+            )
         return len(rows)
 
     async def nearby(

@@ -22,7 +22,7 @@ import asyncpg
 from lake.errors import ValidationError
 from lake.models import Bucket, Point, PointPage, SeriesPoint, series_scope
 from lake.stores.cursor import FORGED, CursorSigner
-from lake.stores.database import Database, bump_generation
+from lake.stores.database import Database, record_write
 
 __all__ = ["MaintenanceReport", "PgTimeSeriesStore"]
 
@@ -94,8 +94,10 @@ class PgTimeSeriesStore:
         future_days: int = 2,
         cursor_key: str = "",
         clock: Callable[[], datetime] = utcnow,
+        events: bool = False,
     ) -> None:
         self._db = db
+        self._events = events
         self._retention = timedelta(days=retention_days)
         self._future = timedelta(days=future_days)
         self._cursors = CursorSigner(cursor_key)
@@ -231,7 +233,19 @@ class PgTimeSeriesStore:
                 "lake_ts_stage", records=records, columns=["ts", "value"]
             )
             await self._merge(conn, tenant, sid)
-            await bump_generation(conn, tenant, series_scope(metric))
+            event = {
+                "metric": metric,
+                "tags": dict(tags),
+                "count": len(records),
+                "first": first.isoformat(),
+                "last": last.isoformat(),
+            }
+            await record_write(
+                conn,
+                tenant,
+                series_scope(metric),
+                ("points.written", event) if self._events else None,
+            )
         return len(points)
 
     @staticmethod

@@ -24,7 +24,7 @@ from lake.errors import (
     ValidationError,
 )
 from lake.models import Collection, VectorItem, VectorMatch, vector_scope
-from lake.stores.database import Database, bump_generation
+from lake.stores.database import Database, record_write
 
 __all__ = ["PgVectorStore"]
 
@@ -57,8 +57,11 @@ class PgVectorStore:
     Vectors per tenant and collection in pgvector, one HNSW index per collection.
     """
 
-    def __init__(self, db: Database, *, default_ef_search: int = 40) -> None:
+    def __init__(
+        self, db: Database, *, default_ef_search: int = 40, events: bool = False
+    ) -> None:
         self._db = db
+        self._events = events
         self._default_ef_search = default_ef_search
         self._ready = False
         self._known: dict[tuple[str, str], _Known] = {}
@@ -168,7 +171,13 @@ class PgVectorStore:
                 tenant,
                 known.id,
             )
-            await bump_generation(conn, tenant, vector_scope(collection))
+            event = {"collection": collection, "ids": [it.id for it in items]}
+            await record_write(
+                conn,
+                tenant,
+                vector_scope(collection),
+                ("vectors.upserted", event) if self._events else None,
+            )
         return len(rows)
 
     async def search(
@@ -227,8 +236,15 @@ class PgVectorStore:
                 known.id,
                 ids,
             )
-            await bump_generation(conn, tenant, vector_scope(collection))
-        return int(status.split()[-1])
+            deleted = int(status.split()[-1])
+            event = {"collection": collection, "ids": ids, "deleted": deleted}
+            await record_write(
+                conn,
+                tenant,
+                vector_scope(collection),
+                ("vectors.deleted", event) if self._events else None,
+            )
+        return deleted
 
     async def ping(self) -> str | None:
         """

@@ -18,6 +18,7 @@ from tests.fakes import (
     FakeDatabase,
     FakeMesh,
     FakeMigrator,
+    FakeRelay,
     FakeResource,
     FakeSpatialStore,
     FakeTimeSeriesStore,
@@ -38,6 +39,7 @@ def overridden(settings: dict[str, Any], **extra: object) -> tuple[Any, Any, lis
         "series": FakeTimeSeriesStore(),
         "spatial": FakeSpatialStore(),
         "migrator": FakeMigrator(),
+        "relay": FakeRelay(),
     }
     fakes.update(extra)
     for name, fake in fakes.items():

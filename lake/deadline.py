@@ -1,0 +1,44 @@
+"""
+The caller's deadline, carried to every call an operation makes.
+
+The API layer opens a scope with the time the client allows (clamped to the
+server's maximum); the manager bounds the whole operation by it, and the mesh client
+passes what remains to peers, so no dependency call outlives the caller.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+__all__ = ["deadline_scope", "remaining"]
+
+_deadline: ContextVar[float | None] = ContextVar("lake_deadline", default=None)
+
+
+@contextmanager
+def deadline_scope(seconds: float | None) -> Iterator[None]:
+    """
+    Within this block, the deadline is ``seconds`` from now (None: no deadline).
+    """
+    at = None if seconds is None else time.monotonic() + seconds
+    outer = _deadline.get()
+    if outer is not None and (at is None or outer < at):
+        at = outer  # a nested scope can only shorten the deadline
+    token = _deadline.set(at)
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
+
+
+def remaining() -> float | None:
+    """
+    Seconds left before the current deadline (never negative), or None.
+    """
+    at = _deadline.get()
+    if at is None:
+        return None
+    return max(0.0, at - time.monotonic())
