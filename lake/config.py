@@ -88,6 +88,8 @@ def _validators(profile: str) -> list[Validator]:
             "health.check_timeout",
             "health.interval",
             "mesh.call_timeout",
+            "grpc.max_deadline_s",
+            "grpc.max_connection_age_s",
             "cache.timeout",
             "cache.cooldown_s",
             "timeseries.maintenance_interval",
@@ -108,7 +110,8 @@ def _validators(profile: str) -> list[Validator]:
         Validator("grpc.address", must_exist=True, ne=""),
         Validator("logging.format", is_in=["console", "json"]),
         Validator("logging.level", is_in=["DEBUG", "INFO", "WARNING", "ERROR"]),
-        Validator("mesh.peers", is_type_of=dict),
+        Validator("mesh.peers", "auth.tokens", is_type_of=dict),
+        Validator("auth.enabled", "grpc.reflection", is_type_of=bool),
     ]
     if profile == "production":
         # Production never embeds and never guesses where its data lives. (A
@@ -117,6 +120,8 @@ def _validators(profile: str) -> list[Validator]:
             Validator("postgres.dsn", must_exist=True, ne=""),
             Validator("redis.url", must_exist=True, ne=""),
             Validator("embedded", eq=False),
+            Validator("auth.enabled", eq=True),
+            Validator("auth.tokens", must_exist=True, len_min=1),
         ]
     return checks
 

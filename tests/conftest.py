@@ -40,3 +40,15 @@ def settings() -> dict[str, Any]:
     values["postgres"]["dsn"] = "postgresql://lake@127.0.0.1:1/lake"
     values["redis"]["url"] = "redis://127.0.0.1:1/0"
     return values
+
+
+# Real PostgreSQL and Redis for the integration and API tests (started on first use).
+from tests.servers import (  # noqa: E402
+    container,
+    database,
+    lake_settings,
+    manager,
+    servers,
+)
+
+__all__ = ["container", "database", "lake_settings", "manager", "servers"]

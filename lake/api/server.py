@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Mapping
 from typing import Any
 
 import grpc
@@ -17,10 +18,13 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from lake.api.auth import AuthInterceptor
+from lake.api.servicer import SpatialServicer, TimeSeriesServicer, VectorsServicer
 from lake.health import HealthReport, Status
 from lake.manager import ServiceManager
 from lake.v1 import health_pb2 as lake_health_pb2
 from lake.v1 import health_pb2_grpc as lake_health_grpc
+from lake.v1 import lake_pb2, lake_pb2_grpc
 
 __all__ = ["LakeServer", "report_to_proto"]
 
@@ -85,14 +89,25 @@ class LakeServer:
         max_message_bytes: int = 4 * 1024 * 1024,
         max_concurrent_rpcs: int = 256,
         reflection_enabled: bool = True,
+        tokens: Mapping[str, str] | None = None,
+        auth_enabled: bool = True,
+        max_deadline: float = 30.0,
+        max_connection_age: float = 300.0,
     ) -> None:
         self._manager = manager
         self._address = address
         self._interval = interval
+        auth = AuthInterceptor(
+            tokens or {}, max_deadline=max_deadline, enabled=auth_enabled
+        )
         self._server = grpc.aio.server(
+            interceptors=[auth],
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),
+                # Clients reconnect now and then, so DNS round-robin rebalances.
+                ("grpc.max_connection_age_ms", int(max_connection_age * 1000)),
+                ("grpc.max_connection_age_grace_ms", 10_000),
             ],
             maximum_concurrent_rpcs=max_concurrent_rpcs,
         )
@@ -105,8 +120,18 @@ class LakeServer:
         lake_health_grpc.add_LakeHealthServicer_to_server(
             _LakeHealthServicer(manager), self._server
         )
+        lake_pb2_grpc.add_VectorsServicer_to_server(
+            VectorsServicer(manager), self._server
+        )
+        lake_pb2_grpc.add_TimeSeriesServicer_to_server(
+            TimeSeriesServicer(manager), self._server
+        )
+        lake_pb2_grpc.add_SpatialServicer_to_server(
+            SpatialServicer(manager), self._server
+        )
         if reflection_enabled:
             names = (
+                *(s.full_name for s in lake_pb2.DESCRIPTOR.services_by_name.values()),
                 lake_health_pb2.DESCRIPTOR.services_by_name["LakeHealth"].full_name,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,

@@ -30,7 +30,7 @@ from lake.errors import (
     LakeError,
     MeshError,
     MeshUnavailableError,
-    NotFoundError,
+    UnsupportedError,
 )
 from lake.mesh.v1 import peers_pb2, peers_pb2_grpc
 from lake.models import Event
@@ -42,6 +42,7 @@ log = structlog.get_logger(__name__)
 _SERVICE_CONFIG = json.dumps(
     {"loadBalancingConfig": [{"round_robin": {}}]}, separators=(",", ":")
 )
+_REPLY_MARGIN_S = 0.05
 _TRANSIENT = {
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -97,15 +98,20 @@ class MeshClient:
         try:
             return self._channels[peer]
         except KeyError:
-            msg = f"peer {peer!r} is not configured"
-            raise NotFoundError(msg) from None
+            msg = f"peer {peer} is not configured"
+            raise UnsupportedError(msg) from None
 
     def _timeout(self) -> float:
         left = deadline.remaining()
-        if left is not None and left <= 0:
+        if left is None:
+            return self.call_timeout
+        # Keep a margin for our own reply: grpc rounds the deadline it sends up,
+        # and the peer must give up before our caller does.
+        left -= _REPLY_MARGIN_S
+        if left <= 0:
             msg = "deadline exceeded before calling a peer"
             raise DeadlineExceededError(msg)
-        return self.call_timeout if left is None else min(self.call_timeout, left)
+        return min(self.call_timeout, left)
 
     async def ping(self, peer: str) -> str | None:
         """
@@ -183,7 +189,15 @@ async def open_mesh(
     Channels connect on first use, so a peer that is down does not stop start-up;
     it shows in health instead.
     """
-    options = [("grpc.service_config", _SERVICE_CONFIG), ("grpc.enable_retries", 0)]
+    options = [
+        ("grpc.service_config", _SERVICE_CONFIG),
+        ("grpc.enable_retries", 0),
+        # A peer that comes back is used again within a few seconds (grpc's default
+        # reconnect backoff grows to two minutes).
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.min_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 5000),
+    ]
     channels = {
         name: grpc.aio.insecure_channel(target_of(spec), options=options)
         for name, spec in peers.items()

@@ -25,7 +25,7 @@ from lake.operations import (
 )
 from lake.resources.embedded import EmbeddedRedis, free_port
 from lake.stores.cache import RedisCache
-from tests.integration.conftest import live_settings
+from tests.servers import live_settings
 
 T0 = datetime.now(UTC) - timedelta(hours=3)
 

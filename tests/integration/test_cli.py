@@ -115,7 +115,13 @@ def test_serve_embedded_health_and_clean_stop(tmp_path):
                 timeout=5,
             )
             names = {s.name for r in replies for s in r.list_services_response.service}
-            assert {"lake.v1.LakeHealth", "grpc.health.v1.Health"} <= names
+            assert {
+                "lake.v1.LakeHealth",
+                "lake.v1.Vectors",
+                "lake.v1.TimeSeries",
+                "lake.v1.Spatial",
+                "grpc.health.v1.Health",
+            } <= names
     finally:
         started = time.monotonic()
         code, err = stop(proc)

@@ -26,7 +26,7 @@ from lake.resources.postgres import open_pg_pool
 from lake.stores.database import Database
 from lake.stores.migrate import Migration, Migrator, load_migrations
 from lake.stores.vector import PgVectorStore
-from tests.integration.conftest import live_settings
+from tests.servers import live_settings
 
 
 async def test_health_is_up_on_real_servers(manager):

@@ -18,7 +18,7 @@ from lake.health import Status
 from lake.manager import ServiceManager
 from lake.operations import Point, QueryPoints, WritePoints
 from lake.resources.embedded import EmbeddedPostgres, EmbeddedRedis, Endpoint
-from tests.integration.conftest import live_settings
+from tests.servers import live_settings
 
 # Inside the retention window, whatever day the tests run.
 T0 = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(

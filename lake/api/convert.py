@@ -1,0 +1,174 @@
+"""
+Wire messages to operations and results to wire messages.
+
+Conversion errors are ``ValidationError``s naming the request field, so they map to
+INVALID_ARGUMENT like every other bad input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
+
+from lake.errors import ValidationError
+from lake.models import Bucket, Feature, FeatureMatch, PointPage, VectorMatch
+from lake.v1 import lake_pb2
+
+__all__ = [
+    "AGGREGATES",
+    "METRICS",
+    "buckets_out",
+    "features_out",
+    "from_struct",
+    "matches_out",
+    "page_out",
+    "required_time",
+    "to_struct",
+    "us_to_datetimes",
+]
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+METRICS = {
+    lake_pb2.METRIC_COSINE: "cosine",
+    lake_pb2.METRIC_L2: "l2",
+    lake_pb2.METRIC_INNER_PRODUCT: "ip",
+}
+METRIC_ENUM = {v: k for k, v in METRICS.items()}
+AGGREGATES = {
+    lake_pb2.AGGREGATE_AVG: "avg",
+    lake_pb2.AGGREGATE_MIN: "min",
+    lake_pb2.AGGREGATE_MAX: "max",
+    lake_pb2.AGGREGATE_SUM: "sum",
+    lake_pb2.AGGREGATE_COUNT: "count",
+    lake_pb2.AGGREGATE_LAST: "last",
+}
+
+
+def from_struct(value: struct_pb2.Struct) -> dict[str, Any]:
+    """
+    A Struct as a plain dict (numbers come back as floats, as JSON has them).
+    """
+    return json_format.MessageToDict(value)
+
+
+def to_struct(value: Mapping[str, Any]) -> struct_pb2.Struct:
+    """
+    A plain dict as a Struct.
+    """
+    out = struct_pb2.Struct()
+    json_format.ParseDict(dict(value), out)
+    return out
+
+
+def required_time(message: Any, field: str) -> datetime:
+    """
+    A Timestamp field as an aware datetime; unset is a validation error.
+    """
+    if not message.HasField(field):
+        raise ValidationError(field, "is required")
+    stamp: timestamp_pb2.Timestamp = getattr(message, field)
+    try:
+        return stamp.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise ValidationError(field, "is out of range") from None
+
+
+def us_to_datetimes(values: Sequence[int], field: str) -> list[datetime]:
+    """
+    Microseconds since the epoch as aware datetimes.
+    """
+    out = []
+    for i, us in enumerate(values):
+        try:
+            out.append(EPOCH + timedelta(microseconds=us))
+        except OverflowError:
+            raise ValidationError(f"{field}[{i}]", "is out of range") from None
+    return out
+
+
+def _us(ts: datetime) -> int:
+    return (ts - EPOCH) // timedelta(microseconds=1)
+
+
+def _stamp(ts: datetime) -> timestamp_pb2.Timestamp:
+    out = timestamp_pb2.Timestamp()
+    out.FromDatetime(ts)
+    return out
+
+
+def matches_out(matches: Sequence[VectorMatch]) -> lake_pb2.SearchVectorsResponse:
+    """
+    Search results on the wire.
+    """
+    return lake_pb2.SearchVectorsResponse(
+        matches=[
+            lake_pb2.VectorMatch(
+                id=m.id, distance=m.distance, metadata=to_struct(m.metadata)
+            )
+            for m in matches
+        ]
+    )
+
+
+def page_out(page: PointPage) -> lake_pb2.QueryPointsResponse:
+    """
+    A page of points on the wire, one packed block per series.
+    """
+    series: dict[tuple[tuple[str, str], ...], lake_pb2.SeriesPoints] = {}
+    for p in page.points:
+        key = tuple(sorted(p.tags.items()))
+        block = series.get(key)
+        if block is None:
+            block = series[key] = lake_pb2.SeriesPoints(tags=dict(p.tags))
+        block.timestamps_us.append(_us(p.ts))
+        block.values.append(p.value)
+    return lake_pb2.QueryPointsResponse(
+        series=list(series.values()), next_cursor=page.next_cursor or ""
+    )
+
+
+def buckets_out(buckets: Sequence[Bucket]) -> lake_pb2.AggregatePointsResponse:
+    """
+    Aggregation buckets on the wire.
+    """
+    return lake_pb2.AggregatePointsResponse(
+        buckets=[
+            lake_pb2.Bucket(start=_stamp(b.start), value=b.value, count=b.count)
+            for b in buckets
+        ]
+    )
+
+
+def feature_in(message: lake_pb2.Feature) -> Feature:
+    """
+    A wire feature as a model feature.
+    """
+    return Feature(
+        id=message.id,
+        lon=message.lon,
+        lat=message.lat,
+        properties=from_struct(message.properties),
+    )
+
+
+def features_out(matches: Sequence[FeatureMatch]) -> lake_pb2.FeaturesResponse:
+    """
+    Spatial results on the wire.
+    """
+    return lake_pb2.FeaturesResponse(
+        matches=[
+            lake_pb2.FeatureMatch(
+                feature=lake_pb2.Feature(
+                    id=m.feature.id,
+                    lon=m.feature.lon,
+                    lat=m.feature.lat,
+                    properties=to_struct(m.feature.properties),
+                ),
+                distance_m=m.distance_m,
+            )
+            for m in matches
+        ]
+    )

@@ -1,0 +1,56 @@
+"""
+The one mapping from Lake's errors to gRPC status codes.
+
+Clients get a short message of Lake's own; anything unexpected is INTERNAL with an
+error id that names the log line holding the details, never the exception text,
+SQL, driver names or a stack.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import grpc
+import structlog
+
+from lake.errors import (
+    ConflictError,
+    DeadlineExceededError,
+    LakeError,
+    LifecycleError,
+    NotFoundError,
+    StoreError,
+    TransientError,
+    UnsupportedError,
+    ValidationError,
+)
+
+__all__ = ["status_of"]
+
+log = structlog.get_logger(__name__)
+
+_CODES: list[tuple[type[LakeError], grpc.StatusCode]] = [
+    (ValidationError, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFoundError, grpc.StatusCode.NOT_FOUND),
+    (ConflictError, grpc.StatusCode.ALREADY_EXISTS),
+    (UnsupportedError, grpc.StatusCode.FAILED_PRECONDITION),
+    (DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (TransientError, grpc.StatusCode.UNAVAILABLE),
+    # Starting or stopping: the call may succeed on another try or instance.
+    (LifecycleError, grpc.StatusCode.UNAVAILABLE),
+]
+
+
+def status_of(exc: BaseException, method: str = "") -> tuple[grpc.StatusCode, str]:
+    """
+    The status and client-safe message for ``exc``.
+    """
+    for kind, code in _CODES:
+        if isinstance(exc, kind):
+            return code, str(exc)
+    error_id = uuid.uuid4().hex[:12]
+    if isinstance(exc, StoreError | LakeError):
+        log.error("rpc_failed", method=method, error_id=error_id, reason=str(exc))
+    else:
+        log.error("rpc_crashed", method=method, error_id=error_id, exc_info=exc)
+    return grpc.StatusCode.INTERNAL, f"internal error (error id {error_id})"

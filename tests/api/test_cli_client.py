@@ -1,0 +1,127 @@
+"""
+The shell client commands against a real server: lake call, lake points write,
+lake token new.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from datetime import UTC, datetime, timedelta
+
+from lake.api.auth import hash_token
+
+LAKE = [sys.executable, "-m", "lake"]
+
+
+async def lake(*args: str, stdin: str | None = None) -> tuple[int, str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LAKE_")}
+    proc = await asyncio.create_subprocess_exec(
+        *LAKE,
+        *args,
+        env=env,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate(stdin.encode() if stdin else None)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def test_call_any_rpc_with_json(api):
+    """lake call sends JSON, prints JSON, and reports failures by status."""
+    where = ["--address", api.server.address, "--token", "token-a"]
+    code, out, err = await lake(
+        "call",
+        "Vectors.CreateCollection",
+        *where,
+        "-d",
+        '{"collection": "docs", "dim": 2, "metric": "METRIC_L2"}',
+    )
+    assert code == 0, err
+    assert json.loads(out) == {"collection": "docs", "dim": 2, "metric": "METRIC_L2"}
+    body = {"collection": "docs", "items": [{"id": "a", "values": [1, 0]}]}
+    code, out, err = await lake(
+        "call", "Vectors.Upsert", *where, stdin=json.dumps(body)
+    )
+    assert (code, json.loads(out)) == (0, {"upserted": 1}), err
+    code, out, err = await lake(
+        "call",
+        "Vectors.Search",
+        *where,
+        "-d",
+        '{"collection": "docs", "vector": [1, 0]}',
+    )
+    assert json.loads(out)["matches"][0]["id"] == "a"
+    code, out, err = await lake(
+        "call", "Vectors.Search", *where, "-d", '{"collection": "nope", "vector": [1]}'
+    )
+    assert code == 1
+    assert "NOT_FOUND" in err
+    code, out, err = await lake(
+        "call", "Vectors.Search", "--address", api.server.address, "-d", "{}"
+    )
+    assert code == 1
+    assert "UNAUTHENTICATED" in err
+    code, _, err = await lake("call", "Vectors.Nope", *where, "-d", "{}")
+    assert code == 2
+    assert "Vectors.Search" in err  # the error lists the methods that exist
+
+
+async def test_points_write_from_csv(api, tmp_path):
+    """lake points write streams a CSV to one series; the points are queryable."""
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    rows = ["timestamp,value"] + [
+        f"{(start + timedelta(seconds=i)).isoformat()},{i}" for i in range(250)
+    ]
+    csv_file = tmp_path / "points.csv"
+    csv_file.write_text("\n".join(rows) + "\n")
+    code, out, err = await lake(
+        "points",
+        "write",
+        "temp",
+        str(csv_file),
+        "--tag",
+        "room=1",
+        "--batch",
+        "100",
+        "--address",
+        api.server.address,
+        "--token",
+        "token-a",
+    )
+    assert code == 0, err
+    assert json.loads(out) == {"written": 250}
+    query = json.dumps(
+        {
+            "metric": "temp",
+            "tags": {"room": "1"},
+            "start": start.isoformat(),
+            "end": (start + timedelta(hours=1)).isoformat(),
+            "limit": 1000,
+        }
+    )
+    code, out, err = await lake(
+        "call",
+        "TimeSeries.Query",
+        "--address",
+        api.server.address,
+        "--token",
+        "token-a",
+        "-d",
+        query,
+    )
+    series = json.loads(out)["series"]
+    assert len(series[0]["values"]) == 250
+
+
+async def test_token_new_prints_a_working_config_line():
+    """The printed hash is the token's SHA-256, mapped to the tenant."""
+    code, out, err = await lake("token", "new", "--tenant", "acme")
+    assert code == 0, err
+    token = out.splitlines()[0].removeprefix("token: ")
+    assert f'"{hash_token(token)}" = "acme"' in out
+    code, _, err = await lake("token", "new", "--tenant", "Bad Tenant")
+    assert code == 2
