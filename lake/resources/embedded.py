@@ -22,8 +22,9 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -352,6 +353,25 @@ def _wait_listening(port: int, proc: subprocess.Popen[bytes], seconds: float) ->
     raise EmbeddedServerError(msg)
 
 
+def _shielded(stop: Callable[[], None]) -> None:
+    """
+    Run ``stop`` with SIGINT and SIGTERM held off, so that a repeated Ctrl-C (or a
+    signal forwarded twice, as ``uv run`` does) cannot abandon a server half-stopped.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        stop()
+        return
+    held = {
+        sig: signal.signal(sig, signal.SIG_IGN)
+        for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        stop()
+    finally:
+        for sig, handler in held.items():
+            signal.signal(sig, handler)
+
+
 @contextmanager
 def embedded_servers(
     data_dir: Path, *, postgres: bool = True, redis: bool = True
@@ -363,10 +383,10 @@ def embedded_servers(
     with ExitStack() as stack:
         if postgres:
             pg = EmbeddedPostgres(data_dir)
-            stack.callback(pg.stop)
+            stack.callback(_shielded, pg.stop)
             endpoints["postgres"] = pg.start()
         if redis:
             rd = EmbeddedRedis(data_dir)
-            stack.callback(rd.stop)
+            stack.callback(_shielded, rd.stop)
             endpoints["redis"] = rd.start()
         yield endpoints
