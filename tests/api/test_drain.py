@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -38,11 +39,7 @@ async def wait_ready(address: str, proc: subprocess.Popen[bytes]) -> None:
     raise AssertionError(msg)
 
 
-async def test_sigterm_drains_in_flight_calls(servers, database):
-    """SIGTERM: in-flight calls finish, new calls are refused, the process exits 0."""
-    cortex = PeerServer(CortexPeer(dim=16))
-    await cortex.start()
-    address = f"127.0.0.1:{free_port()}"
+def start_lake(servers, database, cortex: PeerServer, address: str) -> Any:
     pg, rd = servers["postgres"], servers["redis"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("LAKE_")}
     env.update(
@@ -57,13 +54,28 @@ async def test_sigterm_drains_in_flight_calls(servers, database):
         LAKE_MESH__PEERS=f'{{ cortex = "{cortex.address}" }}',
         LAKE_AUTH__TOKENS=f'{{ "{hash_token("token-a")}" = "tenant-a" }}',
     )
-    # Popen returns at once; the test needs the real process to signal it.
-    proc = subprocess.Popen(  # noqa: ASYNC220
+    return subprocess.Popen(
         [sys.executable, "-m", "lake", "serve"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
+
+
+async def stop(proc: subprocess.Popen[bytes]) -> str:
+    if proc.poll() is None:
+        proc.kill()
+    _, err = await asyncio.to_thread(proc.communicate, None, 20)
+    return err.decode()
+
+
+async def test_sigterm_drains_in_flight_calls(servers, database):
+    """SIGTERM: in-flight calls finish, new calls are refused, the process exits 0."""
+    cortex = PeerServer(CortexPeer(dim=16))
+    await cortex.start()
+    address = f"127.0.0.1:{free_port()}"
+    # Popen returns at once; the test needs the real process to signal it.
+    proc = start_lake(servers, database, cortex, address)
     try:
         await wait_ready(address, proc)
         async with grpc.aio.insecure_channel(address) as channel:
@@ -112,7 +124,47 @@ async def test_sigterm_drains_in_flight_calls(servers, database):
         assert proc.returncode == 0, err
         assert "lake_stopped" in err
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        await stop(proc)
+        await cortex.stop(None)
+
+
+async def test_a_second_signal_stops_at_once(servers, database):
+    """A second SIGTERM during the drain ends it: exit 130 well before the grace."""
+    cortex = PeerServer(CortexPeer(dim=16))
+    await cortex.start()
+    address = f"127.0.0.1:{free_port()}"
+    proc = start_lake(servers, database, cortex, address)
+    try:
+        await wait_ready(address, proc)
+        async with grpc.aio.insecure_channel(address) as channel:
+            vectors = lake_pb2_grpc.VectorsStub(channel)
+            await vectors.CreateCollection(
+                lake_pb2.CreateCollectionRequest(
+                    collection="notes", dim=16, metric=lake_pb2.METRIC_COSINE
+                ),
+                metadata=auth(),
+            )
+            cortex.peer.delay = 8.0  # type: ignore[union-attr]
+            slow = asyncio.ensure_future(
+                vectors.SearchText(
+                    lake_pb2.SearchTextRequest(collection="notes", text="slow"),
+                    metadata=auth(),
+                    timeout=15,
+                )
+            )
+            await asyncio.sleep(0.3)
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.sleep(1.5)  # past the window that merges repeated signals
+            assert proc.poll() is None  # still draining: grace is 10 s
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            proc.send_signal(signal.SIGTERM)
+            _, raw_err = await asyncio.to_thread(proc.communicate, None, 20)
+            took = loop.time() - started
+            slow.cancel()
+        assert proc.returncode == 130, raw_err.decode()
+        assert took < 4.0
+        assert "stopped_at_once" in raw_err.decode()
+    finally:
+        await stop(proc)
         await cortex.stop(None)
