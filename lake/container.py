@@ -3,12 +3,13 @@ The composition root: the whole wiring of Lake on one page.
 
 ::
 
-    config ─┬─ pg_pool (Resource) ── database ─┬─ vectors ─┐
-            │                                  ├─ series ──┤
-            │                                  ├─ spatial ─┼─ components ── manager
-            │                                  └─ migrator ┤      (via resources)
-            ├─ redis (Resource) ──── cache ────────────────┤
-            └─ mesh_client (Resource) ─────────────────────┘
+    config ─┬─ pg_pool (Resource) ── database ─┬─ vectors ──┐
+            │                                  ├─ series ───┤
+            │                                  ├─ spatial ──┤
+            │                                  ├─ migrator ─┼─ components ── manager
+            │                                  └─ relay ────┤      (via resources)
+            ├─ redis (Resource) ──── cache ─────────────────┤
+            └─ mesh_client (Resource) ──────(relay)─────────┘
 
 Resources open only when the manager starts (``ContainerResources.open``) and close in
 reverse dependency order when it stops. Tests override any provider with a fake.
