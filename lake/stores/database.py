@@ -10,6 +10,7 @@ that carry no SQL, driver names or secrets.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 from collections.abc import AsyncIterator, Mapping
@@ -51,7 +52,8 @@ def translate_pg_error(exc: BaseException) -> LakeError:
         return StoreUnavailableError("database did not answer in time")
     if isinstance(exc, ConnectionRefusedError):
         return StoreUnavailableError("database refused the connection")
-    if isinstance(exc, OSError | asyncpg.InterfaceError):
+    # InternalClientError: the driver's state after a connection died mid-call.
+    if isinstance(exc, OSError | asyncpg.InterfaceError | asyncpg.InternalClientError):
         return StoreUnavailableError("database connection failed")
     state = getattr(exc, "sqlstate", None) or ""
     if state in _UNAVAILABLE or state.startswith("08"):
@@ -101,13 +103,16 @@ def _setup_sql(tenant: str | None, settings: Mapping[str, str], prelude: str) ->
 
 
 async def _rollback(conn: Any) -> None:
-    if conn.is_closed():
-        return
+    # Best effort: after a lost connection even is_closed() can raise (the pool
+    # detaches the proxy), and the original failure is what the caller must see.
     try:
+        if conn.is_closed():
+            return
         async with asyncio.timeout(2.0):
             await conn.execute("ROLLBACK")
     except Exception:
-        conn.terminate()
+        with contextlib.suppress(Exception):
+            conn.terminate()
 
 
 async def record_write(
@@ -188,7 +193,11 @@ class Database:
         try:
             yield conn
         finally:
-            await self._pool.release(conn)
+            try:
+                await self._pool.release(conn)
+            except Exception:  # a lost connection: the pool replaces it
+                with contextlib.suppress(Exception):
+                    conn.terminate()
 
     @asynccontextmanager
     async def transaction(
