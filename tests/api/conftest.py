@@ -6,6 +6,7 @@ real peer servers on loopback reached through discovery (a static address list).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,15 +56,12 @@ def stream_address() -> str:
     return f"127.0.0.1:{free_port()}"
 
 
-@pytest.fixture
-async def api(lake_settings, cortex_servers, stream_address) -> AsyncIterator[Api]:
-    """Lake with two cortex peers and a stream peer address (started per test)."""
-    lake_settings["mesh"]["peers"] = {
-        "cortex": [s.address for s in cortex_servers],
-        "stream": [stream_address],
-    }
-    lake_settings["mesh"]["call_timeout"] = 10.0
-    container = create_container(lake_settings)
+@asynccontextmanager
+async def running_lake(
+    settings: dict[str, Any],
+) -> AsyncIterator[tuple[LakeServer, ServiceManager, grpc.aio.Channel]]:
+    """A started manager and gRPC server on 127.0.0.1:0, and a channel to it."""
+    container = create_container(settings)
     manager: ServiceManager = await aresolve(container.manager)
     await manager.start()
     server = LakeServer(
@@ -77,6 +75,22 @@ async def api(lake_settings, cortex_servers, stream_address) -> AsyncIterator[Ap
     await server.serving()
     channel = grpc.aio.insecure_channel(server.address)
     try:
+        yield server, manager, channel
+    finally:
+        await channel.close(None)
+        await server.stop(0.5)
+        await manager.stop()
+
+
+@pytest.fixture
+async def api(lake_settings, cortex_servers, stream_address) -> AsyncIterator[Api]:
+    """Lake with two cortex peers and a stream peer address (started per test)."""
+    lake_settings["mesh"]["peers"] = {
+        "cortex": [s.address for s in cortex_servers],
+        "stream": [stream_address],
+    }
+    lake_settings["mesh"]["call_timeout"] = 10.0
+    async with running_lake(lake_settings) as (server, manager, channel):
         yield Api(
             channel=channel,
             server=server,
@@ -88,7 +102,3 @@ async def api(lake_settings, cortex_servers, stream_address) -> AsyncIterator[Ap
             series=lake_pb2_grpc.TimeSeriesStub(channel),
             spatial=lake_pb2_grpc.SpatialStub(channel),
         )
-    finally:
-        await channel.close(None)
-        await server.stop(0.5)
-        await manager.stop()

@@ -13,7 +13,7 @@ from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 
 from lake.mesh.peers import PeerServer
 from lake.stores.spatial import PgSpatialStore
-from lake.v1 import lake_pb2
+from lake.v1 import lake_pb2, lake_pb2_grpc
 from tests.api.conftest import auth
 
 NOW = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
@@ -423,3 +423,37 @@ async def test_outbox_delivers_every_event_once_after_stream_outage(api):
         sequences = [int(e["sequence"]) for e in mine]
         assert sequences == sorted(sequences)
         assert {e["kind"] for e in mine} == {"features.upserted"}
+
+
+async def test_text_operations_without_cortex_fail_precondition(lake_settings):
+    """A Lake with no cortex peer answers text calls FAILED_PRECONDITION."""
+    from tests.api.conftest import running_lake
+
+    lake_settings["mesh"]["peers"] = {}
+    async with running_lake(lake_settings) as (_, _, channel):
+        stub = lake_pb2_grpc.VectorsStub(channel)
+        await stub.CreateCollection(
+            lake_pb2.CreateCollectionRequest(
+                collection="notes", dim=16, metric=lake_pb2.METRIC_COSINE
+            ),
+            metadata=auth(),
+        )
+        details = await expect(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            stub.SearchText(
+                lake_pb2.SearchTextRequest(collection="notes", text="hi"),
+                metadata=auth(),
+            ),
+        )
+        assert details == "peer cortex is not configured"
+
+
+async def test_peers_found_through_dns(cortex_servers):
+    """A dns:/// target resolves and balances across what the name points at."""
+    from lake.mesh.client import open_mesh
+
+    port = cortex_servers[0].port
+    async with open_mesh(peers={"cortex": f"dns:///localhost:{port}"}) as mesh:
+        vectors = await mesh.embed(["hello", "world"])
+    assert len(vectors) == 2
+    assert len(vectors[0]) == 16
