@@ -16,7 +16,6 @@ import asyncio
 import enum
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, overload
@@ -25,18 +24,12 @@ import structlog
 
 from lake import deadline
 from lake.codec import (
-    BUCKETS,
-    FEATURE_MATCHES,
-    POINT_PAGE,
-    VECTOR_MATCHES,
-    Codec,
     cache_key,
 )
 from lake.errors import (
     DeadlineExceededError,
     LakeError,
     LifecycleError,
-    MeshError,
     ValidationError,
 )
 from lake.health import (
@@ -48,16 +41,12 @@ from lake.health import (
     run_checks,
 )
 from lake.models import (
-    SPATIAL_SCOPE,
     Bucket,
     Collection,
     FeatureMatch,
     Limits,
     PointPage,
-    VectorItem,
     VectorMatch,
-    series_scope,
-    vector_scope,
 )
 from lake.operations import (
     AggregatePoints,
@@ -78,6 +67,7 @@ from lake.operations import (
 )
 from lake.ports import Components, ResourceSet
 from lake.resilience import RetryPolicy
+from lake.routes import ROUTES, Route
 
 __all__ = ["OperationStats", "ServiceManager", "State"]
 
@@ -340,7 +330,7 @@ class ServiceManager:
                 "tenant", "operation", "request_id"
             )
 
-    async def _dispatch(self, route: _Route, op: Any) -> object:
+    async def _dispatch(self, route: Route, op: Any) -> object:
         c = self._running()
         load = partial(route.handler, c, op)
         if route.scope is None or route.codec is None or not c.cache.available:
@@ -384,126 +374,6 @@ class ServiceManager:
                 for k, v in self.stats.items()
             },
         }
-
-
-@dataclass(frozen=True, slots=True)
-class _Route:
-    """
-    How one operation type is served: its handler and, for cached reads, the cache
-    scope it reads from and the codec of its result.
-    """
-
-    handler: Callable[[Components, Any], Awaitable[object]]
-    scope: Callable[[Any], str] | None = None
-    codec: Codec[Any] | None = None
-
-
-async def _embed(c: Components, texts: list[str]) -> list[list[float]]:
-    vectors = await c.mesh.embed(texts)
-    if len(vectors) != len(texts):
-        msg = "peer cortex returned a wrong number of embeddings"
-        raise MeshError(msg)
-    return vectors
-
-
-async def _upsert_texts(c: Components, op: UpsertTexts) -> int:
-    vectors = await _embed(c, [item.text for item in op.items])
-    items = [
-        VectorItem(item.id, vector, {**item.metadata, "text": item.text})
-        for item, vector in zip(op.items, vectors, strict=True)
-    ]
-    return await c.vectors.upsert(op.tenant, op.collection, items)
-
-
-async def _search_text(c: Components, op: SearchText) -> list[VectorMatch]:
-    (vector,) = await _embed(c, [op.text])
-    return await c.vectors.search(
-        op.tenant, op.collection, vector, op.k, where=op.where
-    )
-
-
-def _vectors(op: Any) -> str:
-    return vector_scope(op.collection)
-
-
-def _series(op: Any) -> str:
-    return series_scope(op.metric)
-
-
-def _spatial(_: Any) -> str:
-    return SPATIAL_SCOPE
-
-
-# The routing table: operation type -> component call.
-ROUTES: dict[type[Any], _Route] = {
-    CreateCollection: _Route(
-        lambda c, op: c.vectors.create_collection(op.tenant, op.collection)
-    ),
-    UpsertVectors: _Route(
-        lambda c, op: c.vectors.upsert(op.tenant, op.collection, list(op.items))
-    ),
-    SearchVectors: _Route(
-        lambda c, op: c.vectors.search(
-            op.tenant,
-            op.collection,
-            [float(x) for x in op.vector],
-            op.k,
-            where=op.where,
-            ef_search=op.ef_search,
-        ),
-        _vectors,
-        VECTOR_MATCHES,
-    ),
-    UpsertTexts: _Route(lambda c, op: _upsert_texts(c, op)),
-    SearchText: _Route(lambda c, op: _search_text(c, op)),
-    DeleteVectors: _Route(
-        lambda c, op: c.vectors.delete(op.tenant, op.collection, list(op.ids))
-    ),
-    WritePoints: _Route(
-        lambda c, op: c.series.write(op.tenant, op.metric, op.tags, list(op.points))
-    ),
-    QueryPoints: _Route(
-        lambda c, op: c.series.query(
-            op.tenant, op.metric, op.tags, op.start, op.end, op.limit, op.cursor
-        ),
-        _series,
-        POINT_PAGE,
-    ),
-    AggregatePoints: _Route(
-        lambda c, op: c.series.aggregate(
-            op.tenant, op.metric, op.tags, op.start, op.end, op.bucket, op.fn
-        ),
-        _series,
-        BUCKETS,
-    ),
-    UpsertFeatures: _Route(
-        lambda c, op: c.spatial.upsert(op.tenant, list(op.features))
-    ),
-    FeaturesNearby: _Route(
-        lambda c, op: c.spatial.nearby(
-            op.tenant, float(op.lon), float(op.lat), float(op.radius_m), op.limit
-        ),
-        _spatial,
-        FEATURE_MATCHES,
-    ),
-    FeaturesNearest: _Route(
-        lambda c, op: c.spatial.nearest(op.tenant, float(op.lon), float(op.lat), op.k),
-        _spatial,
-        FEATURE_MATCHES,
-    ),
-    FeaturesInBox: _Route(
-        lambda c, op: c.spatial.in_box(
-            op.tenant, op.west, op.south, op.east, op.north, op.limit
-        ),
-        _spatial,
-        FEATURE_MATCHES,
-    ),
-    FeaturesInPolygon: _Route(
-        lambda c, op: c.spatial.in_polygon(op.tenant, list(op.ring), op.limit),
-        _spatial,
-        FEATURE_MATCHES,
-    ),
-}
 
 
 def _describe(exc: BaseException) -> str:

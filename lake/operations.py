@@ -10,12 +10,9 @@ Every operation is a frozen dataclass with ``validate(limits)``, which raises a
 
 from __future__ import annotations
 
-import json
-import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 from lake.errors import ValidationError
@@ -28,6 +25,24 @@ from lake.models import (
     Point,
     TextItem,
     VectorItem,
+)
+from lake.validation import (
+    check_batch,
+    check_bucket,
+    check_finite,
+    check_id,
+    check_json,
+    check_limit,
+    check_lon_lat,
+    check_name,
+    check_range,
+    check_ring,
+    check_tags,
+    check_tenant,
+    check_text,
+    check_timestamp,
+    check_vector,
+    points_plainly_valid,
 )
 
 __all__ = [
@@ -52,108 +67,7 @@ __all__ = [
     "UpsertVectors",
     "VectorItem",
     "WritePoints",
-    "check_tenant",
 ]
-
-_TENANT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-_NAME = re.compile(r"^[a-z][a-z0-9_.]{0,62}$")
-_MAX_ID_CHARS = 256
-_MAX_JSON_BYTES = 64 * 1024
-
-
-# --- field checks -------------------------------------------------------------------
-
-
-def check_tenant(tenant: object) -> None:
-    """
-    A tenant id: lowercase ASCII letters, digits, ``_`` and ``-``; at most 63 chars.
-    """
-    if not isinstance(tenant, str) or not _TENANT.match(tenant):
-        raise ValidationError("tenant", "must match [a-z0-9][a-z0-9_-]{0,62}")
-
-
-def _check_name(name: object, where: str) -> None:
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise ValidationError(where, "must match [a-z][a-z0-9_.]{0,62} (ASCII only)")
-
-
-def _check_id(value: object, where: str) -> None:
-    if not isinstance(value, str) or not value:
-        raise ValidationError(where, "must be a non-empty string")
-    if len(value) > _MAX_ID_CHARS:
-        raise ValidationError(where, f"longer than {_MAX_ID_CHARS} characters")
-    if "\x00" in value:
-        raise ValidationError(where, "contains a NUL character")
-
-
-def _check_json(value: object, where: str) -> None:
-    if not isinstance(value, Mapping):
-        raise ValidationError(where, "must be a JSON object")
-    try:
-        text = json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError):
-        raise ValidationError(where, "must be JSON with finite numbers") from None
-    if "\\u0000" in text:
-        raise ValidationError(where, "contains a NUL character")
-    if len(text) > _MAX_JSON_BYTES:
-        raise ValidationError(where, f"larger than {_MAX_JSON_BYTES} bytes as JSON")
-
-
-def _check_finite(value: object, where: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValidationError(where, "must be a number")
-    if not math.isfinite(value):
-        raise ValidationError(where, "must be finite (no NaN or infinity)")
-
-
-def _check_batch(items: Sequence[object], where: str, limits: Limits) -> None:
-    if not items:
-        raise ValidationError(where, "must not be empty")
-    if len(items) > limits.max_batch:
-        raise ValidationError(where, f"more than {limits.max_batch} items")
-
-
-def _check_vector(vector: object, where: str, limits: Limits) -> None:
-    if isinstance(vector, str | bytes) or not isinstance(vector, Sequence):
-        raise ValidationError(where, "must be a list of numbers")
-    if not vector:
-        raise ValidationError(where, "must not be empty")
-    if len(vector) > limits.max_vector_dim:
-        raise ValidationError(where, f"more than {limits.max_vector_dim} dimensions")
-    for x in vector:
-        _check_finite(x, where)
-
-
-def _check_timestamp(ts: object, where: str) -> None:
-    if not isinstance(ts, datetime):
-        raise ValidationError(where, "must be a timestamp")
-    if ts.tzinfo is None or ts.utcoffset() is None:
-        raise ValidationError(where, "must carry a time zone (UTC)")
-
-
-def _check_lon_lat(
-    lon: object,
-    lat: object,
-    where: str,
-    *,
-    lon_name: str = "lon",
-    lat_name: str = "lat",
-) -> None:
-    _check_finite(lon, f"{where}{lon_name}")
-    _check_finite(lat, f"{where}{lat_name}")
-    assert isinstance(lon, int | float)  # noqa: S101 -- narrowed by _check_finite
-    assert isinstance(lat, int | float)  # noqa: S101
-    if not -180.0 <= lon <= 180.0:
-        raise ValidationError(f"{where}{lon_name}", "must lie in [-180, 180]")
-    if not -90.0 <= lat <= 90.0:
-        raise ValidationError(f"{where}{lat_name}", "must lie in [-90, 90]")
-
-
-def _check_limit(value: object, where: str, cap: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValidationError(where, "must be an integer")
-    if not 1 <= value <= cap:
-        raise ValidationError(where, f"must lie in [1, {cap}]")
 
 
 # --- operations ---------------------------------------------------------------------
@@ -174,23 +88,23 @@ class UpsertVectors:
         Check every field; raise ValidationError naming the first bad one.
         """
         check_tenant(self.tenant)
-        _check_name(self.collection, "collection")
-        _check_batch(self.items, "items", limits)
+        check_name(self.collection, "collection")
+        check_batch(self.items, "items", limits)
         dim = None
         seen: set[str] = set()
         for i, item in enumerate(self.items):
-            _check_id(item.id, f"items[{i}].id")
+            check_id(item.id, f"items[{i}].id")
             if item.id in seen:
                 raise ValidationError(f"items[{i}].id", "appears twice in the batch")
             seen.add(item.id)
-            _check_vector(item.vector, f"items[{i}].vector", limits)
+            check_vector(item.vector, f"items[{i}].vector", limits)
             if dim is not None and len(item.vector) != dim:
                 raise ValidationError(
                     f"items[{i}].vector",
                     f"has {len(item.vector)} dimensions, not {dim}",
                 )
             dim = len(item.vector)
-            _check_json(item.metadata, f"items[{i}].metadata")
+            check_json(item.metadata, f"items[{i}].metadata")
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,12 +126,12 @@ class SearchVectors:
         Check every field; raise ValidationError naming the first bad one.
         """
         check_tenant(self.tenant)
-        _check_name(self.collection, "collection")
-        _check_vector(self.vector, "vector", limits)
-        _check_limit(self.k, "k", limits.max_top_k)
-        _check_json(self.where, "where")
+        check_name(self.collection, "collection")
+        check_vector(self.vector, "vector", limits)
+        check_limit(self.k, "k", limits.max_top_k)
+        check_json(self.where, "where")
         if self.ef_search is not None:
-            _check_limit(self.ef_search, "ef_search", limits.max_ef_search)
+            check_limit(self.ef_search, "ef_search", limits.max_ef_search)
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,79 +150,14 @@ class WritePoints:
         Check every field; raise ValidationError naming the first bad one.
         """
         check_tenant(self.tenant)
-        _check_name(self.metric, "metric")
-        _check_tags(self.tags)
-        _check_batch(self.points, "points", limits)
-        if _points_plainly_valid(self.points):
+        check_name(self.metric, "metric")
+        check_tags(self.tags)
+        check_batch(self.points, "points", limits)
+        if points_plainly_valid(self.points):
             return
         for i, point in enumerate(self.points):
-            _check_timestamp(point.ts, f"points[{i}].ts")
-            _check_finite(point.value, f"points[{i}].value")
-
-
-def _points_plainly_valid(points: Sequence[Point]) -> bool:
-    """
-    The common batch in one pass: float values with a finite sum, datetimes in a
-    fixed-offset zone. False sends the batch through the per-point checks, which
-    name the first bad point (or pass a batch whose sum merely overflowed).
-    """
-    try:
-        values = [p.value for p in points]
-        if not all(type(v) is float for v in values):
-            return False
-        if not math.isfinite(sum(values)):
-            return False
-        return all(
-            type(p.ts) is datetime and type(p.ts.tzinfo) is timezone for p in points
-        )
-    except AttributeError:
-        return False
-
-
-def _check_range(start: object, end: object, limits: Limits) -> None:
-    _check_timestamp(start, "start")
-    _check_timestamp(end, "end")
-    assert isinstance(start, datetime)  # noqa: S101 -- narrowed above
-    assert isinstance(end, datetime)  # noqa: S101
-    if start >= end:
-        raise ValidationError("start", "must be before end")
-    if end - start > limits.max_range:
-        raise ValidationError("end", f"range longer than {limits.max_range.days} days")
-
-
-def _check_bucket(bucket: object, span: timedelta, limits: Limits) -> None:
-    if not isinstance(bucket, timedelta) or bucket <= timedelta(0):
-        raise ValidationError("bucket", "must be a positive duration")
-    if span / bucket > limits.max_buckets:
-        raise ValidationError("bucket", f"more than {limits.max_buckets} buckets")
-
-
-def _check_ring(ring: object, limits: Limits) -> None:
-    if isinstance(ring, str | bytes) or not isinstance(ring, Sequence):
-        raise ValidationError("ring", "must be a list of (lon, lat) pairs")
-    if len(ring) < 4:
-        raise ValidationError("ring", "needs at least 4 vertices (closed triangle)")
-    if len(ring) > limits.max_polygon_vertices:
-        raise ValidationError(
-            "ring", f"more than {limits.max_polygon_vertices} vertices"
-        )
-    for i, vertex in enumerate(ring):
-        if isinstance(vertex, str | bytes) or not isinstance(vertex, Sequence):
-            raise ValidationError(f"ring[{i}]", "must be a (lon, lat) pair")
-        if len(vertex) != 2:
-            raise ValidationError(f"ring[{i}]", "must be a (lon, lat) pair")
-        _check_lon_lat(vertex[0], vertex[1], f"ring[{i}].")
-    if tuple(ring[0]) != tuple(ring[-1]):
-        raise ValidationError("ring", "must be closed: last vertex equals first")
-
-
-def _check_tags(tags: object) -> None:
-    if not isinstance(tags, Mapping):
-        raise ValidationError("tags", "must be a mapping of names to strings")
-    for key, value in tags.items():
-        _check_name(key, "tags")
-        if not isinstance(value, str) or "\x00" in value or len(value) > _MAX_ID_CHARS:
-            raise ValidationError(f"tags.{key}", "must be a short string without NUL")
+            check_timestamp(point.ts, f"points[{i}].ts")
+            check_finite(point.value, f"points[{i}].value")
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,10 +180,10 @@ class QueryPoints:
         Check every field; raise ValidationError naming the first bad one.
         """
         check_tenant(self.tenant)
-        _check_name(self.metric, "metric")
-        _check_tags(self.tags)
-        _check_range(self.start, self.end, limits)
-        _check_limit(self.limit, "limit", limits.max_range_points)
+        check_name(self.metric, "metric")
+        check_tags(self.tags)
+        check_range(self.start, self.end, limits)
+        check_limit(self.limit, "limit", limits.max_range_points)
         if self.cursor is not None and not isinstance(self.cursor, str):
             raise ValidationError("cursor", "must be a string from a previous page")
 
@@ -353,15 +202,15 @@ class UpsertFeatures:
         Check every field; raise ValidationError naming the first bad one.
         """
         check_tenant(self.tenant)
-        _check_batch(self.features, "features", limits)
+        check_batch(self.features, "features", limits)
         seen: set[str] = set()
         for i, feature in enumerate(self.features):
-            _check_id(feature.id, f"features[{i}].id")
+            check_id(feature.id, f"features[{i}].id")
             if feature.id in seen:
                 raise ValidationError(f"features[{i}].id", "appears twice in the batch")
             seen.add(feature.id)
-            _check_lon_lat(feature.lon, feature.lat, f"features[{i}].")
-            _check_json(feature.properties, f"features[{i}].properties")
+            check_lon_lat(feature.lon, feature.lat, f"features[{i}].")
+            check_json(feature.properties, f"features[{i}].properties")
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,11 +230,11 @@ class FeaturesNearby:
         Check every field; raise ValidationError naming the first bad one.
         """
         check_tenant(self.tenant)
-        _check_lon_lat(self.lon, self.lat, "")
-        _check_finite(self.radius_m, "radius_m")
+        check_lon_lat(self.lon, self.lat, "")
+        check_finite(self.radius_m, "radius_m")
         if not 0 < self.radius_m <= limits.max_radius_m:
             raise ValidationError("radius_m", f"must lie in (0, {limits.max_radius_m}]")
-        _check_limit(self.limit, "limit", limits.max_top_k)
+        check_limit(self.limit, "limit", limits.max_top_k)
 
 
 @dataclass(frozen=True, slots=True)
@@ -402,8 +251,8 @@ class CreateCollection:
         Check every field; raise ValidationError naming the first bad one.
         """
         check_tenant(self.tenant)
-        _check_name(self.collection.name, "collection.name")
-        _check_limit(self.collection.dim, "collection.dim", limits.max_vector_dim)
+        check_name(self.collection.name, "collection.name")
+        check_limit(self.collection.dim, "collection.dim", limits.max_vector_dim)
         if self.collection.metric not in METRICS:
             raise ValidationError("collection.metric", f"must be one of {METRICS}")
 
@@ -423,10 +272,10 @@ class DeleteVectors:
         Check every field; raise ValidationError naming the first bad one.
         """
         check_tenant(self.tenant)
-        _check_name(self.collection, "collection")
-        _check_batch(self.ids, "ids", limits)
+        check_name(self.collection, "collection")
+        check_batch(self.ids, "ids", limits)
         for i, item_id in enumerate(self.ids):
-            _check_id(item_id, f"ids[{i}]")
+            check_id(item_id, f"ids[{i}]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,10 +297,10 @@ class AggregatePoints:
         Check every field; raise ValidationError naming the first bad one.
         """
         check_tenant(self.tenant)
-        _check_name(self.metric, "metric")
-        _check_tags(self.tags)
-        _check_range(self.start, self.end, limits)
-        _check_bucket(self.bucket, self.end - self.start, limits)
+        check_name(self.metric, "metric")
+        check_tags(self.tags)
+        check_range(self.start, self.end, limits)
+        check_bucket(self.bucket, self.end - self.start, limits)
         if self.fn not in AGGREGATES:
             raise ValidationError("fn", f"must be one of {AGGREGATES}")
 
@@ -472,8 +321,8 @@ class FeaturesNearest:
         Check every field; raise ValidationError naming the first bad one.
         """
         check_tenant(self.tenant)
-        _check_lon_lat(self.lon, self.lat, "")
-        _check_limit(self.k, "k", limits.max_top_k)
+        check_lon_lat(self.lon, self.lat, "")
+        check_limit(self.k, "k", limits.max_top_k)
 
 
 @dataclass(frozen=True, slots=True)
@@ -496,11 +345,11 @@ class FeaturesInBox:
         Check every field; raise ValidationError naming the first bad one.
         """
         check_tenant(self.tenant)
-        _check_lon_lat(self.west, self.south, "", lon_name="west", lat_name="south")
-        _check_lon_lat(self.east, self.north, "", lon_name="east", lat_name="north")
+        check_lon_lat(self.west, self.south, "", lon_name="west", lat_name="south")
+        check_lon_lat(self.east, self.north, "", lon_name="east", lat_name="north")
         if self.south > self.north:
             raise ValidationError("south", "must not be north of north")
-        _check_limit(self.limit, "limit", limits.max_range_points)
+        check_limit(self.limit, "limit", limits.max_range_points)
 
 
 @dataclass(frozen=True, slots=True)
@@ -518,17 +367,8 @@ class FeaturesInPolygon:
         Check every field; raise ValidationError naming the first bad one.
         """
         check_tenant(self.tenant)
-        _check_ring(self.ring, limits)
-        _check_limit(self.limit, "limit", limits.max_range_points)
-
-
-def _check_text(text: object, where: str, limits: Limits) -> None:
-    if not isinstance(text, str) or not text.strip():
-        raise ValidationError(where, "must be non-empty text")
-    if len(text) > limits.max_text_chars:
-        raise ValidationError(where, f"longer than {limits.max_text_chars} characters")
-    if "\x00" in text:
-        raise ValidationError(where, "contains a NUL character")
+        check_ring(self.ring, limits)
+        check_limit(self.limit, "limit", limits.max_range_points)
 
 
 @dataclass(frozen=True, slots=True)
@@ -546,16 +386,16 @@ class UpsertTexts:
         Check every field; raise ValidationError naming the first bad one.
         """
         check_tenant(self.tenant)
-        _check_name(self.collection, "collection")
-        _check_batch(self.items, "items", limits)
+        check_name(self.collection, "collection")
+        check_batch(self.items, "items", limits)
         seen: set[str] = set()
         for i, item in enumerate(self.items):
-            _check_id(item.id, f"items[{i}].id")
+            check_id(item.id, f"items[{i}].id")
             if item.id in seen:
                 raise ValidationError(f"items[{i}].id", "appears twice in the batch")
             seen.add(item.id)
-            _check_text(item.text, f"items[{i}].text", limits)
-            _check_json(item.metadata, f"items[{i}].metadata")
+            check_text(item.text, f"items[{i}].text", limits)
+            check_json(item.metadata, f"items[{i}].metadata")
 
 
 @dataclass(frozen=True, slots=True)
@@ -575,10 +415,10 @@ class SearchText:
         Check every field; raise ValidationError naming the first bad one.
         """
         check_tenant(self.tenant)
-        _check_name(self.collection, "collection")
-        _check_text(self.text, "text", limits)
-        _check_limit(self.k, "k", limits.max_top_k)
-        _check_json(self.where, "where")
+        check_name(self.collection, "collection")
+        check_text(self.text, "text", limits)
+        check_limit(self.k, "k", limits.max_top_k)
+        check_json(self.where, "where")
 
 
 Operation = (

@@ -28,6 +28,7 @@ from lake.errors import (
     StoreUnavailableError,
     ValidationError,
 )
+from lake.validation import check_tenant
 
 __all__ = [
     "APP_ROLE",
@@ -71,7 +72,6 @@ def translate_pg_error(exc: BaseException) -> LakeError:
     return StoreError("database error")
 
 
-_TENANT = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 _SETTING = re.compile(r"[a-z_][a-z0-9_.]{0,62}")
 APP_ROLE = "lake_app"
 
@@ -85,9 +85,7 @@ def _setup_sql(tenant: str | None, settings: Mapping[str, str], prelude: str) ->
     parts = ["BEGIN"]
     configs = []
     if tenant is not None:
-        if not _TENANT.fullmatch(tenant):
-            problem = "must match [a-z0-9][a-z0-9_-]{0,62}"
-            raise ValidationError(field="tenant", problem=problem)
+        check_tenant(tenant)  # again here: it becomes a SQL literal below
         parts.append(f"SET LOCAL ROLE {APP_ROLE}")
         configs.append(f"set_config('app.tenant_id', {_literal(tenant)}, true)")
     for name, value in settings.items():

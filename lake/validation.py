@@ -1,0 +1,205 @@
+"""
+Field checks shared by the operations: each raises ``ValidationError`` naming the
+field it was given.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta, timezone
+
+from lake.errors import ValidationError
+from lake.models import Limits, Point
+
+__all__ = [
+    "check_batch",
+    "check_bucket",
+    "check_finite",
+    "check_id",
+    "check_json",
+    "check_limit",
+    "check_lon_lat",
+    "check_name",
+    "check_range",
+    "check_ring",
+    "check_tags",
+    "check_tenant",
+    "check_text",
+    "check_timestamp",
+    "check_vector",
+    "points_plainly_valid",
+]
+
+_TENANT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_NAME = re.compile(r"^[a-z][a-z0-9_.]{0,62}$")
+_MAX_ID_CHARS = 256
+_MAX_JSON_BYTES = 64 * 1024
+
+
+def check_tenant(tenant: object) -> None:
+    """
+    A tenant id: lowercase ASCII letters, digits, ``_`` and ``-``; at most 63 chars.
+    """
+    if not isinstance(tenant, str) or not _TENANT.match(tenant):
+        raise ValidationError("tenant", "must match [a-z0-9][a-z0-9_-]{0,62}")
+
+
+def check_name(name: object, where: str) -> None:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValidationError(where, "must match [a-z][a-z0-9_.]{0,62} (ASCII only)")
+
+
+def check_id(value: object, where: str) -> None:
+    if not isinstance(value, str) or not value:
+        raise ValidationError(where, "must be a non-empty string")
+    if len(value) > _MAX_ID_CHARS:
+        raise ValidationError(where, f"longer than {_MAX_ID_CHARS} characters")
+    if "\x00" in value:
+        raise ValidationError(where, "contains a NUL character")
+
+
+def check_json(value: object, where: str) -> None:
+    if not isinstance(value, Mapping):
+        raise ValidationError(where, "must be a JSON object")
+    try:
+        text = json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        raise ValidationError(where, "must be JSON with finite numbers") from None
+    if "\\u0000" in text:
+        raise ValidationError(where, "contains a NUL character")
+    if len(text) > _MAX_JSON_BYTES:
+        raise ValidationError(where, f"larger than {_MAX_JSON_BYTES} bytes as JSON")
+
+
+def check_finite(value: object, where: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValidationError(where, "must be a number")
+    if not math.isfinite(value):
+        raise ValidationError(where, "must be finite (no NaN or infinity)")
+
+
+def check_batch(items: Sequence[object], where: str, limits: Limits) -> None:
+    if not items:
+        raise ValidationError(where, "must not be empty")
+    if len(items) > limits.max_batch:
+        raise ValidationError(where, f"more than {limits.max_batch} items")
+
+
+def check_vector(vector: object, where: str, limits: Limits) -> None:
+    if isinstance(vector, str | bytes) or not isinstance(vector, Sequence):
+        raise ValidationError(where, "must be a list of numbers")
+    if not vector:
+        raise ValidationError(where, "must not be empty")
+    if len(vector) > limits.max_vector_dim:
+        raise ValidationError(where, f"more than {limits.max_vector_dim} dimensions")
+    for x in vector:
+        check_finite(x, where)
+
+
+def check_timestamp(ts: object, where: str) -> None:
+    if not isinstance(ts, datetime):
+        raise ValidationError(where, "must be a timestamp")
+    if ts.tzinfo is None or ts.utcoffset() is None:
+        raise ValidationError(where, "must carry a time zone (UTC)")
+
+
+def check_lon_lat(
+    lon: object,
+    lat: object,
+    where: str,
+    *,
+    lon_name: str = "lon",
+    lat_name: str = "lat",
+) -> None:
+    check_finite(lon, f"{where}{lon_name}")
+    check_finite(lat, f"{where}{lat_name}")
+    assert isinstance(lon, int | float)  # noqa: S101 -- narrowed by _check_finite
+    assert isinstance(lat, int | float)  # noqa: S101
+    if not -180.0 <= lon <= 180.0:
+        raise ValidationError(f"{where}{lon_name}", "must lie in [-180, 180]")
+    if not -90.0 <= lat <= 90.0:
+        raise ValidationError(f"{where}{lat_name}", "must lie in [-90, 90]")
+
+
+def check_limit(value: object, where: str, cap: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(where, "must be an integer")
+    if not 1 <= value <= cap:
+        raise ValidationError(where, f"must lie in [1, {cap}]")
+
+
+def points_plainly_valid(points: Sequence[Point]) -> bool:
+    """
+    The common batch in one pass: float values with a finite sum, datetimes in a
+    fixed-offset zone. False sends the batch through the per-point checks, which
+    name the first bad point (or pass a batch whose sum merely overflowed).
+    """
+    try:
+        values = [p.value for p in points]
+        if not all(type(v) is float for v in values):
+            return False
+        if not math.isfinite(sum(values)):
+            return False
+        return all(
+            type(p.ts) is datetime and type(p.ts.tzinfo) is timezone for p in points
+        )
+    except AttributeError:
+        return False
+
+
+def check_range(start: object, end: object, limits: Limits) -> None:
+    check_timestamp(start, "start")
+    check_timestamp(end, "end")
+    assert isinstance(start, datetime)  # noqa: S101 -- narrowed above
+    assert isinstance(end, datetime)  # noqa: S101
+    if start >= end:
+        raise ValidationError("start", "must be before end")
+    if end - start > limits.max_range:
+        raise ValidationError("end", f"range longer than {limits.max_range.days} days")
+
+
+def check_bucket(bucket: object, span: timedelta, limits: Limits) -> None:
+    if not isinstance(bucket, timedelta) or bucket <= timedelta(0):
+        raise ValidationError("bucket", "must be a positive duration")
+    if span / bucket > limits.max_buckets:
+        raise ValidationError("bucket", f"more than {limits.max_buckets} buckets")
+
+
+def check_ring(ring: object, limits: Limits) -> None:
+    if isinstance(ring, str | bytes) or not isinstance(ring, Sequence):
+        raise ValidationError("ring", "must be a list of (lon, lat) pairs")
+    if len(ring) < 4:
+        raise ValidationError("ring", "needs at least 4 vertices (closed triangle)")
+    if len(ring) > limits.max_polygon_vertices:
+        raise ValidationError(
+            "ring", f"more than {limits.max_polygon_vertices} vertices"
+        )
+    for i, vertex in enumerate(ring):
+        if isinstance(vertex, str | bytes) or not isinstance(vertex, Sequence):
+            raise ValidationError(f"ring[{i}]", "must be a (lon, lat) pair")
+        if len(vertex) != 2:
+            raise ValidationError(f"ring[{i}]", "must be a (lon, lat) pair")
+        check_lon_lat(vertex[0], vertex[1], f"ring[{i}].")
+    if tuple(ring[0]) != tuple(ring[-1]):
+        raise ValidationError("ring", "must be closed: last vertex equals first")
+
+
+def check_tags(tags: object) -> None:
+    if not isinstance(tags, Mapping):
+        raise ValidationError("tags", "must be a mapping of names to strings")
+    for key, value in tags.items():
+        check_name(key, "tags")
+        if not isinstance(value, str) or "\x00" in value or len(value) > _MAX_ID_CHARS:
+            raise ValidationError(f"tags.{key}", "must be a short string without NUL")
+
+
+def check_text(text: object, where: str, limits: Limits) -> None:
+    if not isinstance(text, str) or not text.strip():
+        raise ValidationError(where, "must be non-empty text")
+    if len(text) > limits.max_text_chars:
+        raise ValidationError(where, f"longer than {limits.max_text_chars} characters")
+    if "\x00" in text:
+        raise ValidationError(where, "contains a NUL character")
