@@ -41,6 +41,7 @@ from lake.validation import (
     check_tenant,
     check_text,
     check_timestamp,
+    check_unique_ids,
     check_vector,
     points_plainly_valid,
 )
@@ -91,12 +92,8 @@ class UpsertVectors:
         check_name(self.collection, "collection")
         check_batch(self.items, "items", limits)
         dim = None
-        seen: set[str] = set()
+        check_unique_ids([x.id for x in self.items], "items")
         for i, item in enumerate(self.items):
-            check_id(item.id, f"items[{i}].id")
-            if item.id in seen:
-                raise ValidationError(f"items[{i}].id", "appears twice in the batch")
-            seen.add(item.id)
             check_vector(item.vector, f"items[{i}].vector", limits)
             if dim is not None and len(item.vector) != dim:
                 raise ValidationError(
@@ -203,12 +200,8 @@ class UpsertFeatures:
         """
         check_tenant(self.tenant)
         check_batch(self.features, "features", limits)
-        seen: set[str] = set()
+        check_unique_ids([x.id for x in self.features], "features")
         for i, feature in enumerate(self.features):
-            check_id(feature.id, f"features[{i}].id")
-            if feature.id in seen:
-                raise ValidationError(f"features[{i}].id", "appears twice in the batch")
-            seen.add(feature.id)
             check_lon_lat(feature.lon, feature.lat, f"features[{i}].")
             check_json(feature.properties, f"features[{i}].properties")
 
@@ -388,12 +381,8 @@ class UpsertTexts:
         check_tenant(self.tenant)
         check_name(self.collection, "collection")
         check_batch(self.items, "items", limits)
-        seen: set[str] = set()
+        check_unique_ids([x.id for x in self.items], "items")
         for i, item in enumerate(self.items):
-            check_id(item.id, f"items[{i}].id")
-            if item.id in seen:
-                raise ValidationError(f"items[{i}].id", "appears twice in the batch")
-            seen.add(item.id)
             check_text(item.text, f"items[{i}].text", limits)
             check_json(item.metadata, f"items[{i}].metadata")
 

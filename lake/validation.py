@@ -29,6 +29,7 @@ __all__ = [
     "check_tenant",
     "check_text",
     "check_timestamp",
+    "check_unique_ids",
     "check_vector",
     "points_plainly_valid",
 ]
@@ -59,6 +60,18 @@ def check_id(value: object, where: str) -> None:
         raise ValidationError(where, f"longer than {_MAX_ID_CHARS} characters")
     if "\x00" in value:
         raise ValidationError(where, "contains a NUL character")
+
+
+def check_unique_ids(ids: Sequence[object], where: str) -> None:
+    """
+    Each ``where[i].id`` is a valid id, and no id appears twice in the batch.
+    """
+    seen: set[object] = set()
+    for i, item_id in enumerate(ids):
+        check_id(item_id, f"{where}[{i}].id")
+        if item_id in seen:
+            raise ValidationError(f"{where}[{i}].id", "appears twice in the batch")
+        seen.add(item_id)
 
 
 def check_json(value: object, where: str) -> None:

@@ -62,6 +62,17 @@ def start_lake(servers, database, cortex: PeerServer, address: str) -> Any:
     )
 
 
+async def notes_collection(channel: grpc.aio.Channel) -> Any:
+    vectors = lake_pb2_grpc.VectorsStub(channel)
+    await vectors.CreateCollection(
+        lake_pb2.CreateCollectionRequest(
+            collection="notes", dim=16, metric=lake_pb2.METRIC_COSINE
+        ),
+        metadata=auth(),
+    )
+    return vectors
+
+
 async def stop(proc: subprocess.Popen[bytes]) -> str:
     if proc.poll() is None:
         proc.kill()
@@ -79,13 +90,7 @@ async def test_sigterm_drains_in_flight_calls(servers, database):
     try:
         await wait_ready(address, proc)
         async with grpc.aio.insecure_channel(address) as channel:
-            vectors = lake_pb2_grpc.VectorsStub(channel)
-            await vectors.CreateCollection(
-                lake_pb2.CreateCollectionRequest(
-                    collection="notes", dim=16, metric=lake_pb2.METRIC_COSINE
-                ),
-                metadata=auth(),
-            )
+            vectors = await notes_collection(channel)
             await vectors.UpsertTexts(
                 lake_pb2.UpsertTextsRequest(
                     collection="notes", items=[lake_pb2.TextItem(id="1", text="hello")]
@@ -137,13 +142,7 @@ async def test_a_second_signal_stops_at_once(servers, database):
     try:
         await wait_ready(address, proc)
         async with grpc.aio.insecure_channel(address) as channel:
-            vectors = lake_pb2_grpc.VectorsStub(channel)
-            await vectors.CreateCollection(
-                lake_pb2.CreateCollectionRequest(
-                    collection="notes", dim=16, metric=lake_pb2.METRIC_COSINE
-                ),
-                metadata=auth(),
-            )
+            vectors = await notes_collection(channel)
             cortex.peer.delay = 8.0  # type: ignore[union-attr]
             slow = asyncio.ensure_future(
                 vectors.SearchText(
