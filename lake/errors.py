@@ -14,6 +14,7 @@ One error tree for every deliberate failure in Lake.
     │  └─ UnsupportedError                      the server lacks a capability (pgvector)
     ├─ MeshError(LakeError)                     a peer answered with an error
     └─ TransientError(LakeError)                retry-safe; paired with a domain base
+       ├─ ResourceExhaustedError(TransientError)   out of connections or quota
        ├─ StoreUnavailableError(TransientError, StoreError)
        └─ MeshUnavailableError(TransientError, MeshError)
 
@@ -33,6 +34,7 @@ __all__ = [
     "MeshError",
     "MeshUnavailableError",
     "NotFoundError",
+    "ResourceExhaustedError",
     "StoreError",
     "StoreUnavailableError",
     "TransientError",
@@ -109,6 +111,12 @@ class MeshError(LakeError):
 class TransientError(LakeError):
     """
     A failure that may pass: retrying the same operation is safe.
+    """
+
+
+class ResourceExhaustedError(TransientError):
+    """
+    A bounded resource (pool connections, a quota) has nothing left right now.
     """
 
 

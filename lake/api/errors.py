@@ -19,6 +19,7 @@ from lake.errors import (
     LakeError,
     LifecycleError,
     NotFoundError,
+    ResourceExhaustedError,
     StoreError,
     TransientError,
     UnsupportedError,
@@ -35,6 +36,7 @@ _CODES: list[tuple[type[LakeError], grpc.StatusCode]] = [
     (ConflictError, grpc.StatusCode.ALREADY_EXISTS),
     (UnsupportedError, grpc.StatusCode.FAILED_PRECONDITION),
     (DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (ResourceExhaustedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (TransientError, grpc.StatusCode.UNAVAILABLE),
     # Starting or stopping: the call may succeed on another try or instance.
     (LifecycleError, grpc.StatusCode.UNAVAILABLE),

@@ -24,6 +24,7 @@ from lake.errors import (
     ConflictError,
     DeadlineExceededError,
     LakeError,
+    ResourceExhaustedError,
     StoreError,
     StoreUnavailableError,
     ValidationError,
@@ -185,7 +186,7 @@ class Database:
         except TimeoutError:
             self._acquire_timeouts += 1
             msg = "no database connection free in time"
-            raise StoreUnavailableError(msg) from None
+            raise ResourceExhaustedError(msg) from None
         except Exception as exc:
             raise translate_pg_error(exc) from None
         try:

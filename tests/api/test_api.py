@@ -457,3 +457,34 @@ async def test_peers_found_through_dns(cortex_servers):
         vectors = await mesh.embed(["hello", "world"])
     assert len(vectors) == 2
     assert len(vectors[0]) == 16
+
+
+async def test_two_instances_share_the_relay_without_duplicates(
+    api, lake_settings, cortex_servers
+):
+    """Two Lake instances relaying at once deliver every event exactly once."""
+    from lake.container import aresolve, create_container
+
+    for i in range(300):
+        tok = "token-a" if i % 2 else "token-b"
+        await api.spatial.Upsert(
+            lake_pb2.UpsertFeaturesRequest(
+                features=[lake_pb2.Feature(id=f"f{i}", lon=1, lat=1)]
+            ),
+            metadata=auth(tok),
+        )
+    peer = PeerServer(api.stream, api.stream_address)
+    await peer.start()
+    other = await aresolve(create_container(lake_settings).manager)
+    await other.start()
+    try:
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + 20
+        while len(api.stream.events) < 300 and loop.time() < give_up:
+            await asyncio.gather(api.manager.deliver_events(), other.deliver_events())
+            await asyncio.sleep(0.05)
+    finally:
+        await other.stop()
+        await peer.stop(None)
+    assert len(api.stream.events) == 300
+    assert api.stream.received == 300  # no event was sent by both instances

@@ -100,7 +100,7 @@ async def test_sigterm_drains_in_flight_calls(servers, database):
             cortex.peer.delay = 1.0  # type: ignore[union-attr]
 
             async def search(i: int) -> lake_pb2.SearchVectorsResponse:
-                return await vectors.SearchText(
+                return await vectors.SearchText(  # type: ignore[no-any-return]
                     lake_pb2.SearchTextRequest(collection="notes", text=f"hi {i}"),
                     metadata=auth(),
                     timeout=10,

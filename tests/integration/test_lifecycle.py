@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from lake.container import aresolve, create_container
 from lake.errors import (
     LifecycleError,
+    ResourceExhaustedError,
     StoreError,
     StoreUnavailableError,
     UnsupportedError,
@@ -227,3 +228,20 @@ async def test_server_without_pgvector_serves_the_rest(lake_settings):
         assert [p.value for p in got.points] == [1.0]
     finally:
         await manager.stop()
+
+
+async def test_exhausted_pool_answers_resource_exhausted_in_time(lake_settings):
+    """With every connection held, an acquire gives up after its timeout."""
+    pg = lake_settings["postgres"]
+    async with open_pg_pool(dsn=pg["dsn"], password=pg["password"], max_size=1) as pool:
+        db = Database(pool, acquire_timeout=0.2)
+        async with db.connection():
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises(ResourceExhaustedError, match="no database connection"):
+                async with db.connection():
+                    pass
+            assert loop.time() - started < 1.0
+        assert db.metrics().acquire_timeouts == 1
+        async with db.connection() as conn:  # released: usable again
+            assert await conn.fetchval("SELECT 1") == 1

@@ -16,6 +16,7 @@ from lake.errors import (
     MeshError,
     MeshUnavailableError,
     NotFoundError,
+    ResourceExhaustedError,
     StoreError,
     StoreUnavailableError,
     UnsupportedError,
@@ -32,6 +33,10 @@ from lake.errors import (
         (UnsupportedError("pgvector missing"), grpc.StatusCode.FAILED_PRECONDITION),
         (DeadlineExceededError("deadline exceeded"), grpc.StatusCode.DEADLINE_EXCEEDED),
         (StoreUnavailableError("database refused"), grpc.StatusCode.UNAVAILABLE),
+        (
+            ResourceExhaustedError("no connection free"),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+        ),
         (MeshUnavailableError("peer down"), grpc.StatusCode.UNAVAILABLE),
         (LifecycleError("lake is starting"), grpc.StatusCode.UNAVAILABLE),
     ],
