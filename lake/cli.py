@@ -323,6 +323,35 @@ def _print_report(target: str, reply: health_pb2.GetHealthResponse) -> None:
 
 
 @main.command()
+@click.option("-a", "--address", help="Server address (default: grpc.address).")
+@click.option(
+    "-t",
+    "--timeout",
+    default=5.0,
+    show_default=True,
+    help="Seconds to wait for an answer.",
+)
+@click.pass_context
+def status(ctx: click.Context, address: str | None, timeout: float) -> None:
+    """
+    Print the running server's operator figures as JSON: per-operation usage,
+    pool and cache counters, events waiting for delivery.
+    """
+    from google.protobuf import json_format
+
+    target = address or _settings(ctx)["grpc"]["address"]
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.LakeHealthStub(channel)
+        try:
+            reply = stub.GetStatus(health_pb2.GetStatusRequest(), timeout=timeout)
+        except grpc.RpcError as exc:
+            code = exc.code().name if isinstance(exc, grpc.Call) else "UNKNOWN"  # type: ignore[redundant-expr]
+            click.echo(f"lake status: no answer from {target} ({code})", err=True)
+            sys.exit(2)
+    click.echo(json.dumps(json_format.MessageToDict(reply.status), indent=2))
+
+
+@main.command()
 @click.pass_context
 def migrate(ctx: click.Context) -> None:
     """

@@ -359,12 +359,21 @@ class ServiceManager:
         """
         return await self._running().relay.run_once()
 
-    def status(self) -> dict[str, object]:
+    async def status(self) -> dict[str, Any]:
         """
-        State and per-operation usage, for operators.
+        State, per-operation usage, pool and cache figures and the event backlog,
+        for operators. Holds no tenant data.
         """
-        return {
-            "state": self._state.value,
+        report: dict[str, Any] = {"state": self._state.value}
+        c = self._components
+        if self._state is State.RUNNING and c is not None:
+            report["pool"] = c.database.metrics()
+            report["cache"] = c.cache.stats()
+            try:
+                report["events_pending"] = await c.relay.backlog()
+            except LakeError as exc:
+                report["events_pending"] = f"unknown ({exc})"
+        return report | {
             "operations": {
                 k: {
                     "calls": v.calls,

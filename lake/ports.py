@@ -61,6 +61,11 @@ class Database(Pingable, Protocol):
         The cache version of a scope, changed by every write to it.
         """
 
+    def metrics(self) -> dict[str, int]:
+        """
+        Pool size, idle and in-use connections, bounds, acquire timeouts.
+        """
+
 
 class Cache(Pingable, Protocol):
     """
@@ -88,6 +93,11 @@ class Cache(Pingable, Protocol):
     async def drain(self) -> None:
         """
         Finish or cancel background cache writes.
+        """
+
+    def stats(self) -> dict[str, int]:
+        """
+        Hits, misses and errors so far.
         """
 
 
@@ -261,6 +271,11 @@ class Relay(Protocol):
     async def purge(self) -> int:
         """
         Drop old delivered events.
+        """
+
+    async def backlog(self) -> int:
+        """
+        Events waiting for delivery.
         """
 
 

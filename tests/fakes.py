@@ -92,6 +92,9 @@ class FakeDatabase(FakePingable):
         super().__init__()
         self.generations: dict[tuple[str, str], int] = {}
 
+    def metrics(self) -> dict[str, int]:
+        return {"size": 1, "idle": 1, "in_use": 0}
+
     async def cache_version(self, tenant: str, scope: str) -> str:
         return f"fake:{self.generations.get((tenant, scope), 0)}"
 
@@ -126,6 +129,9 @@ class FakeCache(FakePingable):
 
     async def drain(self) -> None:
         self.drained = True
+
+    def stats(self) -> dict[str, int]:
+        return {"hits": 0, "misses": self.loads, "errors": 0, "skipping": 0}
 
 
 class FakeVectorStore(FakePingable):
@@ -337,6 +343,9 @@ class FakeRelay:
 
     async def purge(self) -> int:
         self.purges += 1
+        return 0
+
+    async def backlog(self) -> int:
         return 0
 
 

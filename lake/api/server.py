@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Mapping
 from typing import Any
 
 import grpc
 import structlog
+from google.protobuf import struct_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -73,6 +75,13 @@ class _LakeHealthServicer(lake_health_grpc.LakeHealthServicer):
     ) -> lake_health_pb2.GetHealthResponse:
         report = await self._manager.health()
         return report_to_proto(report, self._manager.state.value)
+
+    async def GetStatus(
+        self, request: lake_health_pb2.GetStatusRequest, context: Any
+    ) -> lake_health_pb2.GetStatusResponse:
+        status = struct_pb2.Struct()
+        status.update(json.loads(json.dumps(await self._manager.status(), default=str)))
+        return lake_health_pb2.GetStatusResponse(status=status)
 
 
 class LakeServer:

@@ -172,6 +172,17 @@ class RedisCache:
         if late:
             await asyncio.wait(late)
 
+    def stats(self) -> dict[str, int]:
+        """
+        Hits, misses, errors and whether Redis is being skipped right now.
+        """
+        return {
+            "hits": self.hits,
+            "misses": self.misses,
+            "errors": self.errors,
+            "skipping": int(not self.available),
+        }
+
     async def ping(self) -> str | None:
         """
         PING Redis (ignoring the cooldown); raise StoreUnavailableError on no answer.

@@ -288,7 +288,21 @@ class Database:
         """
         await self._pool.expire_connections()
 
-    def metrics(self) -> PoolMetrics:
+    def metrics(self) -> dict[str, int]:
+        """
+        The pool's size, idle and in-use counts, bounds and acquire timeouts.
+        """
+        snapshot = self.pool_metrics()
+        return {
+            "size": snapshot.size,
+            "idle": snapshot.idle,
+            "in_use": snapshot.in_use,
+            "min_size": snapshot.min_size,
+            "max_size": snapshot.max_size,
+            "acquire_timeouts": snapshot.acquire_timeouts,
+        }
+
+    def pool_metrics(self) -> PoolMetrics:
         """
         Return the pool's current size, idle count and bounds.
         """

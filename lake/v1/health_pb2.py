@@ -22,23 +22,28 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14lake/v1/health.proto\x12\x07lake.v1\"v\n\x0f\x43omponentHealth\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1f\n\x06status\x18\x02 \x01(\x0e\x32\x0f.lake.v1.Status\x12\x12\n\nlatency_ms\x18\x03 \x01(\x01\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x10\n\x08\x63ritical\x18\x05 \x01(\x08\"\x12\n\x10GetHealthRequest\"\x8e\x01\n\x11GetHealthResponse\x12\x1f\n\x06status\x18\x01 \x01(\x0e\x32\x0f.lake.v1.Status\x12\r\n\x05ready\x18\x02 \x01(\x08\x12\x0c\n\x04live\x18\x03 \x01(\x08\x12,\n\ncomponents\x18\x04 \x03(\x0b\x32\x18.lake.v1.ComponentHealth\x12\r\n\x05state\x18\x05 \x01(\t*U\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\r\n\tSTATUS_UP\x10\x01\x12\x13\n\x0fSTATUS_DEGRADED\x10\x02\x12\x0f\n\x0bSTATUS_DOWN\x10\x03\x32P\n\nLakeHealth\x12\x42\n\tGetHealth\x12\x19.lake.v1.GetHealthRequest\x1a\x1a.lake.v1.GetHealthResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14lake/v1/health.proto\x12\x07lake.v1\x1a\x1cgoogle/protobuf/struct.proto\"v\n\x0f\x43omponentHealth\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1f\n\x06status\x18\x02 \x01(\x0e\x32\x0f.lake.v1.Status\x12\x12\n\nlatency_ms\x18\x03 \x01(\x01\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x10\n\x08\x63ritical\x18\x05 \x01(\x08\"\x12\n\x10GetHealthRequest\"\x8e\x01\n\x11GetHealthResponse\x12\x1f\n\x06status\x18\x01 \x01(\x0e\x32\x0f.lake.v1.Status\x12\r\n\x05ready\x18\x02 \x01(\x08\x12\x0c\n\x04live\x18\x03 \x01(\x08\x12,\n\ncomponents\x18\x04 \x03(\x0b\x32\x18.lake.v1.ComponentHealth\x12\r\n\x05state\x18\x05 \x01(\t\"\x12\n\x10GetStatusRequest\"<\n\x11GetStatusResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct*U\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\r\n\tSTATUS_UP\x10\x01\x12\x13\n\x0fSTATUS_DEGRADED\x10\x02\x12\x0f\n\x0bSTATUS_DOWN\x10\x03\x32\x94\x01\n\nLakeHealth\x12\x42\n\tGetHealth\x12\x19.lake.v1.GetHealthRequest\x1a\x1a.lake.v1.GetHealthResponse\x12\x42\n\tGetStatus\x12\x19.lake.v1.GetStatusRequest\x1a\x1a.lake.v1.GetStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lake.v1.health_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STATUS']._serialized_start=318
-  _globals['_STATUS']._serialized_end=403
-  _globals['_COMPONENTHEALTH']._serialized_start=33
-  _globals['_COMPONENTHEALTH']._serialized_end=151
-  _globals['_GETHEALTHREQUEST']._serialized_start=153
-  _globals['_GETHEALTHREQUEST']._serialized_end=171
-  _globals['_GETHEALTHRESPONSE']._serialized_start=174
-  _globals['_GETHEALTHRESPONSE']._serialized_end=316
-  _globals['_LAKEHEALTH']._serialized_start=405
-  _globals['_LAKEHEALTH']._serialized_end=485
+  _globals['_STATUS']._serialized_start=430
+  _globals['_STATUS']._serialized_end=515
+  _globals['_COMPONENTHEALTH']._serialized_start=63
+  _globals['_COMPONENTHEALTH']._serialized_end=181
+  _globals['_GETHEALTHREQUEST']._serialized_start=183
+  _globals['_GETHEALTHREQUEST']._serialized_end=201
+  _globals['_GETHEALTHRESPONSE']._serialized_start=204
+  _globals['_GETHEALTHRESPONSE']._serialized_end=346
+  _globals['_GETSTATUSREQUEST']._serialized_start=348
+  _globals['_GETSTATUSREQUEST']._serialized_end=366
+  _globals['_GETSTATUSRESPONSE']._serialized_start=368
+  _globals['_GETSTATUSRESPONSE']._serialized_end=428
+  _globals['_LAKEHEALTH']._serialized_start=518
+  _globals['_LAKEHEALTH']._serialized_end=666
 # @@protoc_insertion_point(module_scope)

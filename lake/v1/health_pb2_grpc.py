@@ -39,12 +39,23 @@ class LakeHealthStub:
                 request_serializer=lake_dot_v1_dot_health__pb2.GetHealthRequest.SerializeToString,
                 response_deserializer=lake_dot_v1_dot_health__pb2.GetHealthResponse.FromString,
                 _registered_method=True)
+        self.GetStatus = channel.unary_unary(
+                '/lake.v1.LakeHealth/GetStatus',
+                request_serializer=lake_dot_v1_dot_health__pb2.GetStatusRequest.SerializeToString,
+                response_deserializer=lake_dot_v1_dot_health__pb2.GetStatusResponse.FromString,
+                _registered_method=True)
 
 
 class LakeHealthServicer:
     """Missing associated documentation comment in .proto file."""
 
     def GetHealth(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetStatus(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -57,6 +68,11 @@ def add_LakeHealthServicer_to_server(servicer, server):
                     servicer.GetHealth,
                     request_deserializer=lake_dot_v1_dot_health__pb2.GetHealthRequest.FromString,
                     response_serializer=lake_dot_v1_dot_health__pb2.GetHealthResponse.SerializeToString,
+            ),
+            'GetStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStatus,
+                    request_deserializer=lake_dot_v1_dot_health__pb2.GetStatusRequest.FromString,
+                    response_serializer=lake_dot_v1_dot_health__pb2.GetStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,6 +102,33 @@ class LakeHealth:
             '/lake.v1.LakeHealth/GetHealth',
             lake_dot_v1_dot_health__pb2.GetHealthRequest.SerializeToString,
             lake_dot_v1_dot_health__pb2.GetHealthResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lake.v1.LakeHealth/GetStatus',
+            lake_dot_v1_dot_health__pb2.GetStatusRequest.SerializeToString,
+            lake_dot_v1_dot_health__pb2.GetStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -34,11 +34,13 @@ class LakeHealthStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> LakeHealthAsyncStub: ...
     GetHealth: _grpc.UnaryUnaryMultiCallable[_health_pb2.GetHealthRequest, _health_pb2.GetHealthResponse]
+    GetStatus: _grpc.UnaryUnaryMultiCallable[_health_pb2.GetStatusRequest, _health_pb2.GetStatusResponse]
 
 @_typing.type_check_only
 class LakeHealthAsyncStub(LakeHealthStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetHealth: _aio.UnaryUnaryMultiCallable[_health_pb2.GetHealthRequest, _health_pb2.GetHealthResponse]  # type: ignore[assignment]
+    GetStatus: _aio.UnaryUnaryMultiCallable[_health_pb2.GetStatusRequest, _health_pb2.GetStatusResponse]  # type: ignore[assignment]
 
 class LakeHealthServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -47,5 +49,12 @@ class LakeHealthServicer(metaclass=_abc_1.ABCMeta):
         request: _health_pb2.GetHealthRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_health_pb2.GetHealthResponse, _abc.Awaitable[_health_pb2.GetHealthResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetStatus(
+        self,
+        request: _health_pb2.GetStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_health_pb2.GetStatusResponse, _abc.Awaitable[_health_pb2.GetStatusResponse]]: ...
 
 def add_LakeHealthServicer_to_server(servicer: LakeHealthServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

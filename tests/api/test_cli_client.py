@@ -125,3 +125,29 @@ async def test_token_new_prints_a_working_config_line():
     assert f'"{hash_token(token)}" = "acme"' in out
     code, _, err = await lake("token", "new", "--tenant", "Bad Tenant")
     assert code == 2
+
+
+async def test_status_reports_usage_pool_cache_and_backlog(api):
+    """lake status shows per-operation usage and the pool, cache and event figures."""
+    from lake.v1 import lake_pb2
+    from tests.api.conftest import auth
+
+    for _ in range(3):
+        await api.spatial.Nearest(
+            lake_pb2.NearestRequest(lon=0, lat=0), metadata=auth()
+        )
+    await api.spatial.Upsert(
+        lake_pb2.UpsertFeaturesRequest(
+            features=[lake_pb2.Feature(id="x", lon=0, lat=0)]
+        ),
+        metadata=auth(),
+    )
+    code, out, err = await lake("status", "--address", api.server.address)
+    assert code == 0, err
+    status = json.loads(out)
+    assert status["state"] == "running"
+    assert status["operations"]["FeaturesNearest"]["calls"] == 3
+    assert status["operations"]["UpsertFeatures"]["calls"] == 1
+    assert status["pool"]["max_size"] >= status["pool"]["size"] >= 1
+    assert set(status["cache"]) == {"hits", "misses", "errors", "skipping"}
+    assert status["events_pending"] == 1  # the stream peer is down in this fixture

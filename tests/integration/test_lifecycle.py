@@ -242,6 +242,6 @@ async def test_exhausted_pool_answers_resource_exhausted_in_time(lake_settings):
                 async with db.connection():
                     pass
             assert loop.time() - started < 1.0
-        assert db.metrics().acquire_timeouts == 1
+        assert db.metrics()["acquire_timeouts"] == 1
         async with db.connection() as conn:  # released: usable again
             assert await conn.fetchval("SELECT 1") == 1

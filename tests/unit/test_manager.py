@@ -317,3 +317,18 @@ async def test_start_prepares_partitions_and_maintain_reaches_the_store():
     assert fakes.series.maintained == 1
     await manager.maintain()
     assert fakes.series.maintained == 2
+
+
+async def test_status_before_and_after_start():
+    """Status names the state; once running it adds pool, cache and event figures."""
+    fakes = Fakes()
+    manager = make_manager(FakeResourceSet(fakes.components()))
+    before = await manager.status()
+    assert before == {"state": "new", "operations": {}}
+    await manager.start()
+    await manager.coordinate(SearchVectors("t1", "docs", [1.0], k=1))
+    after = await manager.status()
+    assert after["state"] == "running"
+    assert after["operations"]["SearchVectors"]["calls"] == 1
+    assert after["pool"]["size"] == 1
+    assert after["events_pending"] == 0
