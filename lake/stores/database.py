@@ -20,6 +20,7 @@ from typing import Any
 
 import asyncpg
 
+from lake import deadline
 from lake.errors import (
     ConflictError,
     DeadlineExceededError,
@@ -85,6 +86,11 @@ def _literal(value: str) -> str:
 def _setup_sql(tenant: str | None, settings: Mapping[str, str], prelude: str) -> str:
     parts = ["BEGIN"]
     configs = []
+    left = deadline.remaining()
+    if left is not None:
+        # The server stops working for a caller who has given up.
+        ms = max(1, int(left * 1000))
+        configs.append(f"set_config('statement_timeout', '{ms}', true)")
     if tenant is not None:
         check_tenant(tenant)  # again here: it becomes a SQL literal below
         parts.append(f"SET LOCAL ROLE {APP_ROLE}")

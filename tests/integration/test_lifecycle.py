@@ -245,3 +245,21 @@ async def test_exhausted_pool_answers_resource_exhausted_in_time(lake_settings):
         assert db.metrics()["acquire_timeouts"] == 1
         async with db.connection() as conn:  # released: usable again
             assert await conn.fetchval("SELECT 1") == 1
+
+
+async def test_statement_timeout_follows_the_callers_deadline(lake_settings):
+    """Within a deadline, PostgreSQL itself stops a statement when the time is up."""
+    from lake.deadline import deadline_scope
+    from lake.errors import DeadlineExceededError
+
+    pg = lake_settings["postgres"]
+    async with open_pg_pool(dsn=pg["dsn"], password=pg["password"]) as pool:
+        db = Database(pool)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with deadline_scope(0.3), pytest.raises(DeadlineExceededError):
+            async with db.transaction() as conn:
+                await conn.execute("SELECT pg_sleep(3)")
+        assert loop.time() - started < 1.5
+        async with db.transaction() as conn:  # the connection is fine afterwards
+            assert await conn.fetchval("SELECT 1") == 1
