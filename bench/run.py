@@ -262,7 +262,7 @@ async def run(
         dsn=dsn,
         password=pg.password,
         max_size=10,
-        command_timeout=60.0,
+        command_timeout=0,
         statement_timeout_ms=120_000,
     )
     settings["redis"].update(url=redis.url, password=redis.password)

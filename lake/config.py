@@ -78,7 +78,6 @@ def _validators(profile: str) -> list[Validator]:
         Validator("postgres.max_size", is_type_of=int, gte=1),
         Validator(
             "postgres.connect_timeout",
-            "postgres.command_timeout",
             "postgres.acquire_timeout",
             "redis.socket_timeout",
             "redis.socket_connect_timeout",
@@ -105,7 +104,9 @@ def _validators(profile: str) -> list[Validator]:
             is_type_of=int,
             gte=1,
         ),
-        Validator("startup.attempts", is_type_of=int, gte=1),
+        Validator("startup.attempts", "operations.attempts", is_type_of=int, gte=1),
+        Validator("postgres.command_timeout", is_type_of=(int, float), gte=0),
+        Validator("operations.timeout", is_type_of=(int, float), gt=0),
         Validator("redis.retries", is_type_of=int, gte=0),
         Validator("grpc.address", must_exist=True, ne=""),
         Validator("logging.format", is_in=["console", "json"]),

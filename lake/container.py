@@ -188,7 +188,12 @@ class Container(containers.DeclarativeContainer):
             wait_initial=config.startup.wait_initial,
             wait_max=config.startup.wait_max,
         ),
-        operations=providers.Factory(RetryPolicy, attempts=3, timeout=5.0),
+        operations=providers.Factory(
+            RetryPolicy,
+            attempts=config.operations.attempts,
+            timeout=config.operations.timeout,
+        ),
+        operation_timeout=config.operations.timeout,
         attempt_timeout=config.startup.attempt_timeout,
         check_timeout=config.health.check_timeout,
         grace=config.grpc.grace,

@@ -121,6 +121,7 @@ class ServiceManager:
         attempt_timeout: float = 10.0,
         check_timeout: float = 1.0,
         grace: float = 5.0,
+        operation_timeout: float = 30.0,
     ) -> None:
         self._resources = resources
         self._limits = limits
@@ -129,6 +130,7 @@ class ServiceManager:
         self._attempt_timeout = attempt_timeout
         self._check_timeout = check_timeout
         self._grace = grace
+        self._operation_timeout = operation_timeout
         self._state = State.NEW
         self._lock = asyncio.Lock()
         self._components: Components | None = None
@@ -309,11 +311,15 @@ class ServiceManager:
         stats = self.stats.setdefault(name, OperationStats())
         started = time.perf_counter()
         stats.calls += 1
-        budget = deadline.remaining()
+        left = deadline.remaining()
+        budget = self._operation_timeout if left is None else left
         policy = self._operations.within(budget)
         try:
-            async with asyncio.timeout(budget):
-                return await policy.run(partial(self._dispatch, route, operation))
+            # One bound for the whole operation; stores pass what remains on to
+            # PostgreSQL as a statement timeout.
+            with deadline.deadline_scope(budget):
+                async with asyncio.timeout(budget):
+                    return await policy.run(partial(self._dispatch, route, operation))
         except TimeoutError:
             stats.failures["DeadlineExceededError"] = (
                 stats.failures.get("DeadlineExceededError", 0) + 1
@@ -349,15 +355,26 @@ class ServiceManager:
         dropped, delivered outbox events purged.
         """
         c = self._running()
-        report = await c.series.maintain()
-        await c.relay.purge()
+        try:
+            async with asyncio.timeout(self._operation_timeout * 4):  # DDL may queue
+                report = await c.series.maintain()
+                await c.relay.purge()
+        except TimeoutError:
+            msg = "upkeep did not finish in time"
+            raise DeadlineExceededError(msg) from None
         return report
 
     async def deliver_events(self) -> object:
         """
         Deliver pending change events to the stream peer (one relay round).
         """
-        return await self._running().relay.run_once()
+        relay = self._running().relay
+        try:
+            async with asyncio.timeout(self._operation_timeout):
+                return await relay.run_once()
+        except TimeoutError:
+            msg = "event delivery did not finish in time"
+            raise DeadlineExceededError(msg) from None
 
     async def status(self) -> dict[str, Any]:
         """

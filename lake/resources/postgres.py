@@ -48,7 +48,7 @@ async def open_pg_pool(
     min_size: int = 1,
     max_size: int = 10,
     connect_timeout: float = 5.0,
-    command_timeout: float = 5.0,
+    command_timeout: float = 0.0,
     statement_timeout_ms: int = 5000,
     idle_in_transaction_timeout_ms: int = 10000,
     max_inactive_connection_lifetime: float = 300.0,
@@ -66,7 +66,7 @@ async def open_pg_pool(
             min_size=min_size,
             max_size=max_size,
             timeout=connect_timeout,
-            command_timeout=command_timeout,
+            command_timeout=command_timeout or None,
             max_inactive_connection_lifetime=max_inactive_connection_lifetime,
             server_settings={
                 "application_name": "lake",

@@ -93,7 +93,8 @@ def _setup_sql(tenant: str | None, settings: Mapping[str, str], prelude: str) ->
         configs.append(f"set_config('statement_timeout', '{ms}', true)")
     if tenant is not None:
         check_tenant(tenant)  # again here: it becomes a SQL literal below
-        parts.append(f"SET LOCAL ROLE {APP_ROLE}")
+        # set_config('role', ..., true) is SET LOCAL ROLE, in the same statement.
+        configs.append(f"set_config('role', '{APP_ROLE}', true)")
         configs.append(f"set_config('app.tenant_id', {_literal(tenant)}, true)")
     for name, value in settings.items():
         if not _SETTING.fullmatch(name):
