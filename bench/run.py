@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -106,7 +107,7 @@ async def bench_ingest(manager: ServiceManager, raw: Any, rows: int) -> dict[str
             f" {p['bound']}"
         )
     store_rates, raw_rates = [], []
-    for round_no in range(3):
+    for round_no in range(5):
         data = {s: points(s, round_no) for s in range(series)}
 
         started = time.perf_counter()
@@ -155,7 +156,11 @@ async def bench_vectors(
         items = [VectorItem(f"v{j}", data[j]) for j in range(i, min(i + 5000, n))]
         await manager.coordinate(UpsertVectors("bench", "emb", items))
     load_s = time.perf_counter() - started
-    await pool.execute("ANALYZE vector_items")  # as autovacuum would, soon after
+    # What autovacuum would do soon after a bulk load, done now so that it does not
+    # compete with the measurements; and a checkpoint for the same reason.
+    await pool.execute("VACUUM ANALYZE vector_items")
+    with contextlib.suppress(asyncpg.InsufficientPrivilegeError):
+        await pool.execute("CHECKPOINT")
     cid = await pool.fetchval("SELECT id FROM vector_collections WHERE name = 'emb'")
     expr = f"(embedding::vector({dim})) <=> $1"
     raw_sql = (
@@ -201,7 +206,7 @@ async def bench_vectors(
     }
     for label, workers in (("sequential", 1), ("concurrent", concurrency)):
         qps: dict[str, list[float]] = {"store": [], "manager": [], "raw": []}
-        for _ in range(3):  # interleaved rounds, median of each
+        for _ in range(5):  # interleaved rounds, median of each
             qps["store"].append(await rate(queries, store_only, workers))
             qps["manager"].append(await rate(queries, store_query, workers))
             qps["raw"].append(await rate(queries, raw_query, workers))
@@ -326,7 +331,7 @@ def main() -> None:
     parser.add_argument("--vectors", type=int, default=100_000)
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--features", type=int, default=100_000)
-    parser.add_argument("--queries", type=int, default=500)
+    parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--ef-search", type=int, default=64)
     parser.add_argument("--concurrency", type=int, default=8)
     args = parser.parse_args()

@@ -30,6 +30,7 @@ _STAGE = (
     "CREATE TEMP TABLE IF NOT EXISTS lake_ts_stage"
     " (ts timestamptz, value double precision) ON COMMIT DELETE ROWS"
 )
+_STAGE_FAST = _STAGE + "; SAVEPOINT lake_fast_insert"
 _INSERT = (
     "INSERT INTO ts_data (tenant_id, series_id, ts, value)"
     " SELECT $1, $2, ts, value FROM lake_ts_stage"
@@ -220,19 +221,14 @@ class PgTimeSeriesStore:
         records: list[tuple[datetime, float]] = list(
             zip(stamps, (p.value for p in points), strict=True)
         )
-        if len(set(stamps)) != len(stamps):
-            records = list(dict(records).items())  # one row per timestamp, last wins
         days = (last.astimezone(UTC).date() - first.astimezone(UTC).date()).days
         start_day = first.astimezone(UTC).date()
         await self._ensure_days(
             {start_day + timedelta(days=d) for d in range(days + 1)}
         )
         sid = await self._series_id(tenant, metric, _tags_json(tags))
-        async with self._db.transaction(tenant, prelude=_STAGE) as conn:
-            await conn.copy_records_to_table(
-                "lake_ts_stage", records=records, columns=["ts", "value"]
-            )
-            await self._merge(conn, tenant, sid)
+        async with self._db.transaction(tenant, prelude=_STAGE_FAST) as conn:
+            await self._merge(conn, tenant, sid, records)
             event = {
                 "metric": metric,
                 "tags": dict(tags),
@@ -249,15 +245,26 @@ class PgTimeSeriesStore:
         return len(points)
 
     @staticmethod
-    async def _merge(conn: Any, tenant: str, sid: int) -> None:
+    async def _merge(
+        conn: Any, tenant: str, sid: int, records: list[tuple[datetime, float]]
+    ) -> None:
         # New points (the common case) go in with a plain INSERT, about twice as
-        # fast as ON CONFLICT's speculative insertion; a batch that repeats stored
-        # points (a retry, a correction) rolls back to the savepoint and merges.
-        await conn.execute("SAVEPOINT lake_fast_insert")
+        # fast as ON CONFLICT's speculative insertion. A batch that repeats stored
+        # points (a retry, a correction) or repeats a timestamp within itself rolls
+        # back to the savepoint (taken in the transaction's first round trip) and
+        # merges, one row per timestamp, the last one winning.
+        columns = ["ts", "value"]
+        await conn.copy_records_to_table(
+            "lake_ts_stage", records=records, columns=columns
+        )
         try:
             await conn.execute(_INSERT, tenant, sid)
         except asyncpg.UniqueViolationError:
             await conn.execute("ROLLBACK TO SAVEPOINT lake_fast_insert")
+            unique = list(dict(records).items())
+            await conn.copy_records_to_table(
+                "lake_ts_stage", records=unique, columns=columns
+            )
             await conn.execute(_INSERT + _UPSERT, tenant, sid)
 
     # --- reads --------------------------------------------------------------------
