@@ -106,7 +106,15 @@ async def test_text_rpcs_go_through_cortex(api):
         )
         assert [m.id for m in found.matches] == ["2"]
         assert found.matches[0].metadata["text"] == "postgres tuning for vector search"
-    # Round-robin over both discovered cortex instances.
+    # Round-robin over both discovered cortex instances, once both are connected.
+    for _ in range(50):
+        if all(peer.deadlines for peer in api.cortex):
+            break
+        await api.vectors.SearchText(
+            lake_pb2.SearchTextRequest(collection="notes", text="again"),
+            metadata=auth(),
+        )
+        await asyncio.sleep(0.02)
     assert all(peer.deadlines for peer in api.cortex)
 
 
