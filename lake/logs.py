@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable, MutableMapping
+import uuid
+from collections.abc import Iterable, Iterator, MutableMapping
+from contextlib import contextmanager
 from typing import Any, TextIO
 
 import structlog
@@ -20,7 +22,7 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 from lake.config import mask_text, masked
 from lake.errors import LakeError
 
-__all__ = ["bind_operation", "configure_logging", "redact", "register_secrets"]
+__all__ = ["configure_logging", "operation_context", "redact", "register_secrets"]
 
 _secrets: set[str] = set()
 # Libraries that log at INFO what an operator does not need (command lines, pids).
@@ -130,10 +132,16 @@ def configure_logging(
     )
 
 
-def bind_operation(*, tenant: str, operation: str, request_id: str) -> None:
+@contextmanager
+def operation_context(
+    *, tenant: str, operation: str, request_id: str | None = None
+) -> Iterator[str]:
     """
-    Bind the operation context that every log line of this task carries.
+    Within this block every log line carries the tenant, the operation and a
+    request id (made up when none is given); yields the request id.
     """
-    structlog.contextvars.bind_contextvars(
-        tenant=tenant, operation=operation, request_id=request_id
-    )
+    rid = request_id or uuid.uuid4().hex[:16]
+    with structlog.contextvars.bound_contextvars(
+        tenant=tenant, operation=operation, request_id=rid
+    ):
+        yield rid

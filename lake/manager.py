@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
-import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, overload
@@ -40,6 +40,7 @@ from lake.health import (
     aggregate,
     run_checks,
 )
+from lake.logs import operation_context
 from lake.models import (
     Bucket,
     Collection,
@@ -93,7 +94,7 @@ class OperationStats:
     """
 
     calls: int = 0
-    failures: dict[str, int] = field(default_factory=dict)
+    failures: Counter[str] = field(default_factory=Counter)
     total_ms: float = 0.0
 
 
@@ -305,36 +306,31 @@ class ServiceManager:
         self._running()
         operation.validate(self._limits)
         name = type(operation).__name__
-        structlog.contextvars.bind_contextvars(
-            tenant=operation.tenant, operation=name, request_id=uuid.uuid4().hex[:16]
-        )
         stats = self.stats.setdefault(name, OperationStats())
-        started = time.perf_counter()
         stats.calls += 1
+        started = time.perf_counter()
+        with operation_context(tenant=operation.tenant, operation=name):
+            try:
+                return await self._bounded(route, operation)
+            except LakeError as exc:
+                stats.failures[type(exc).__name__] += 1
+                raise
+            finally:
+                stats.total_ms += (time.perf_counter() - started) * 1000.0
+
+    async def _bounded(self, route: Route, op: Any) -> object:
+        # One bound for the whole operation, retries included: the caller's deadline
+        # or operations.timeout; stores pass what remains on to PostgreSQL.
         left = deadline.remaining()
         budget = self._operation_timeout if left is None else left
         policy = self._operations.within(budget)
         try:
-            # One bound for the whole operation; stores pass what remains on to
-            # PostgreSQL as a statement timeout.
             with deadline.deadline_scope(budget):
                 async with asyncio.timeout(budget):
-                    return await policy.run(partial(self._dispatch, route, operation))
+                    return await policy.run(partial(self._dispatch, route, op))
         except TimeoutError:
-            stats.failures["DeadlineExceededError"] = (
-                stats.failures.get("DeadlineExceededError", 0) + 1
-            )
             msg = "deadline exceeded"
             raise DeadlineExceededError(msg) from None
-        except LakeError as exc:
-            kind = type(exc).__name__
-            stats.failures[kind] = stats.failures.get(kind, 0) + 1
-            raise
-        finally:
-            stats.total_ms += (time.perf_counter() - started) * 1000.0
-            structlog.contextvars.unbind_contextvars(
-                "tenant", "operation", "request_id"
-            )
 
     async def _dispatch(self, route: Route, op: Any) -> object:
         c = self._running()

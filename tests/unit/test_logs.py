@@ -10,7 +10,7 @@ import logging
 
 import structlog
 
-from lake.logs import bind_operation, configure_logging, register_secrets
+from lake.logs import configure_logging, operation_context, register_secrets
 
 
 def render(fmt: str, emit) -> str:
@@ -22,8 +22,8 @@ def render(fmt: str, emit) -> str:
 
 def test_json_lines_carry_operation_context():
     """Each JSON line carries the bound tenant, operation and request id."""
-    bind_operation(tenant="t1", operation="SearchVectors", request_id="r-1")
-    out = render("json", lambda log: log.info("searched", k=3))
+    with operation_context(tenant="t1", operation="SearchVectors", request_id="r-1"):
+        out = render("json", lambda log: log.info("searched", k=3))
     line = json.loads(out.strip().splitlines()[-1])
     assert line["event"] == "searched"
     assert line["tenant"] == "t1"

@@ -332,3 +332,25 @@ async def test_status_before_and_after_start():
     assert after["operations"]["SearchVectors"]["calls"] == 1
     assert after["pool"]["size"] == 1
     assert after["events_pending"] == 0
+
+
+async def test_operation_context_is_bound_during_the_call_only():
+    """Store calls see tenant, operation and a request id; afterwards none remain."""
+    import structlog
+
+    seen: dict[str, object] = {}
+    fakes = Fakes()
+    original = fakes.vectors.search
+
+    async def spying_search(*args, **kwargs):
+        seen.update(structlog.contextvars.get_contextvars())
+        return await original(*args, **kwargs)
+
+    fakes.vectors.search = spying_search  # type: ignore[method-assign]
+    manager = make_manager(FakeResourceSet(fakes.components()))
+    await manager.start()
+    await manager.coordinate(SearchVectors("t1", "docs", [1.0], k=1))
+    assert seen["tenant"] == "t1"
+    assert seen["operation"] == "SearchVectors"
+    assert len(str(seen["request_id"])) == 16
+    assert structlog.contextvars.get_contextvars() == {}
