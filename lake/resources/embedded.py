@@ -15,6 +15,7 @@ o+x (traversal only) so that user can reach them.
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import os
 import secrets
@@ -353,6 +354,34 @@ def _wait_listening(port: int, proc: subprocess.Popen[bytes], seconds: float) ->
     raise EmbeddedServerError(msg)
 
 
+@contextmanager
+def _exclusive(data_dir: Path) -> Iterator[None]:
+    """
+    Hold ``data_dir`` for this process: a second ``lake serve`` or ``lake migrate``
+    must not take the servers another live process is using for leftovers and stop
+    them. The kernel drops the lock when the process dies, even by SIGKILL.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / ".lake.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = path.read_text(encoding="utf-8").strip() or "?"
+            msg = (
+                f"the embedded servers in {data_dir} are in use by another lake "
+                f"process (pid {holder}); stop it, or point this one at them with "
+                "LAKE_POSTGRES__DSN and LAKE_REDIS__URL"
+            )
+            raise EmbeddedServerError(msg) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        yield
+    finally:
+        os.close(fd)
+
+
 def _shielded(stop: Callable[[], None]) -> None:
     """
     Run ``stop`` with SIGINT and SIGTERM held off, so that a repeated Ctrl-C (or a
@@ -381,6 +410,7 @@ def embedded_servers(
     """
     endpoints: dict[str, Endpoint] = {}
     with ExitStack() as stack:
+        stack.enter_context(_exclusive(data_dir))
         if postgres:
             pg = EmbeddedPostgres(data_dir)
             stack.callback(_shielded, pg.stop)

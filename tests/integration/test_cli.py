@@ -222,3 +222,30 @@ async def test_migrate_applies_the_schema(servers, database):
     versions = await conn.fetch("SELECT version FROM lake_migrations ORDER BY version")
     await conn.close()
     assert [r["version"] for r in versions] == [m.version for m in load_migrations()]
+
+
+def test_second_process_cannot_take_over_running_embedded_servers(tmp_path):
+    """While lake serve holds .lake, lake migrate refuses with a clear line and the
+    first server keeps running and ready."""
+    data = tmp_path / "data"
+    address = f"127.0.0.1:{free_port()}"
+    env = env_for(
+        LAKE_ENV="development", LAKE_DATA_DIR=str(data), LAKE_GRPC__ADDRESS=address
+    )
+    proc = subprocess.Popen(
+        [*LAKE, "serve"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_ready(address, env, proc)
+        second = run("migrate", env=env)
+        assert second.returncode != 0
+        assert "in use by another lake process" in second.stderr
+        assert run("health", "--address", address, env=env).returncode == 0
+    finally:
+        code, err = stop(proc)
+    assert code == 0, err
+    assert processes_using(data) == []
