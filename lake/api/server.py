@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 
 from lake.api.auth import AuthInterceptor
 from lake.api.servicer import SpatialServicer, TimeSeriesServicer, VectorsServicer
+from lake.errors import ConfigError
 from lake.health import HealthReport, Status
 from lake.manager import ServiceManager
 from lake.v1 import health_pb2 as lake_health_pb2
@@ -161,10 +162,13 @@ class LakeServer:
         """
         await self.health.set("", _NOT_SERVING)
         await self.health.set(READY, _NOT_SERVING)
-        self.port = self._server.add_insecure_port(self._address)
+        try:
+            self.port = self._server.add_insecure_port(self._address)
+        except RuntimeError:  # grpcio's way of saying the bind failed
+            self.port = 0
         if self.port == 0:
-            msg = f"cannot listen on {self._address}"
-            raise OSError(msg)
+            msg = f"cannot listen on {self._address} (address in use?)"
+            raise ConfigError(msg)
         await self._server.start()
         log.info("grpc_listening", address=self.address)
 

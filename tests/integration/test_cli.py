@@ -249,3 +249,25 @@ def test_second_process_cannot_take_over_running_embedded_servers(tmp_path):
         code, err = stop(proc)
     assert code == 0, err
     assert processes_using(data) == []
+
+
+def test_serve_on_a_taken_address_fails_with_one_line(servers, tmp_path):
+    """A port already in use gives a clear error, exit 1, and nothing left running."""
+    import socket
+
+    pg, rd = servers["postgres"], servers["redis"]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        env = env_for(
+            LAKE_ENV="testing",
+            LAKE_GRPC__ADDRESS=address,
+            LAKE_POSTGRES__DSN=pg.url,
+            LAKE_POSTGRES__PASSWORD=pg.password,
+            LAKE_REDIS__URL=rd.url,
+            LAKE_REDIS__PASSWORD=rd.password,
+        )
+        result = run("serve", env=env)
+    assert result.returncode == 1
+    assert f"Error: cannot listen on {address} (address in use?)" in result.stderr
