@@ -189,7 +189,10 @@ class Database:
         Acquire a connection within the acquire timeout.
         """
         try:
-            conn = await self._pool.acquire(timeout=self._acquire_timeout)
+            # asyncio.timeout, not acquire(timeout=): asyncpg's wait_for would start
+            # a task for every acquire.
+            async with asyncio.timeout(self._acquire_timeout):
+                conn = await self._pool.acquire()
         except TimeoutError:
             self._acquire_timeouts += 1
             msg = "no database connection free in time"
