@@ -15,7 +15,6 @@ import json
 import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -35,7 +34,6 @@ from lake.validation import check_tenant
 __all__ = [
     "APP_ROLE",
     "Database",
-    "PoolMetrics",
     "record_write",
     "translate_pg_error",
 ]
@@ -150,26 +148,6 @@ async def record_write(
         kind,
         json.dumps(dict(payload), separators=(",", ":"), default=str),
     )
-
-
-@dataclass(frozen=True, slots=True)
-class PoolMetrics:
-    """
-    A snapshot of the connection pool.
-    """
-
-    size: int
-    idle: int
-    min_size: int
-    max_size: int
-    acquire_timeouts: int
-
-    @property
-    def in_use(self) -> int:
-        """
-        Connections handed out right now.
-        """
-        return self.size - self.idle
 
 
 class Database:
@@ -302,24 +280,12 @@ class Database:
         """
         The pool's size, idle and in-use counts, bounds and acquire timeouts.
         """
-        snapshot = self.pool_metrics()
+        size, idle = self._pool.get_size(), self._pool.get_idle_size()
         return {
-            "size": snapshot.size,
-            "idle": snapshot.idle,
-            "in_use": snapshot.in_use,
-            "min_size": snapshot.min_size,
-            "max_size": snapshot.max_size,
-            "acquire_timeouts": snapshot.acquire_timeouts,
+            "size": size,
+            "idle": idle,
+            "in_use": size - idle,
+            "min_size": self._pool.get_min_size(),
+            "max_size": self._pool.get_max_size(),
+            "acquire_timeouts": self._acquire_timeouts,
         }
-
-    def pool_metrics(self) -> PoolMetrics:
-        """
-        Return the pool's current size, idle count and bounds.
-        """
-        return PoolMetrics(
-            size=self._pool.get_size(),
-            idle=self._pool.get_idle_size(),
-            min_size=self._pool.get_min_size(),
-            max_size=self._pool.get_max_size(),
-            acquire_timeouts=self._acquire_timeouts,
-        )

@@ -122,16 +122,13 @@ class PgVectorStore:
             return None
         return _Known(int(row["id"]), Collection(name, row["dim"], row["metric"]))
 
-    async def collection(self, tenant: str, name: str) -> Collection:
+    async def _lookup(self, tenant: str, name: str) -> _Known:
         """
-        Return the declared collection.
+        The declared collection, from this process's catalog cache or the database.
 
         Raises:
             NotFoundError: no such collection for this tenant.
         """
-        return (await self._lookup(tenant, name)).collection
-
-    async def _lookup(self, tenant: str, name: str) -> _Known:
         await self._require()
         known = self._known.get((tenant, name))
         if known is None:
