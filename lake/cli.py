@@ -272,20 +272,35 @@ def health(
     """
     Ask the running server for every component's health; exit 1 when not ready.
     """
-    target = address or _settings(ctx)["grpc"]["address"]
-    with grpc.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.LakeHealthStub(channel)
-        try:
-            reply = stub.GetHealth(health_pb2.GetHealthRequest(), timeout=timeout)
-        except grpc.RpcError as exc:
-            code = exc.code().name if isinstance(exc, grpc.Call) else "UNKNOWN"  # type: ignore[redundant-expr]
-            click.echo(f"lake health: no answer from {target} ({code})", err=True)
-            sys.exit(2)
+    target = _target(ctx, address)
+    reply = _ask_health(target, "health", timeout, health_pb2.GetHealthRequest())
     if as_json:
         click.echo(json.dumps(_report_dict(reply), indent=2))
     else:
         _print_report(target, reply)
     sys.exit(0 if reply.ready else 1)
+
+
+def _target(ctx: click.Context, address: str | None) -> str:
+    """
+    The server address to talk to: ``--address``, else the profile's grpc.address.
+    """
+    return address or str(_settings(ctx)["grpc"]["address"])
+
+
+def _ask_health(target: str, command: str, timeout: float, request: Any) -> Any:
+    """
+    Call LakeHealth.GetHealth or GetStatus; exit 2 when no server answers.
+    """
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.LakeHealthStub(channel)
+        method = stub.GetHealth if command == "health" else stub.GetStatus
+        try:
+            return method(request, timeout=timeout)
+        except grpc.RpcError as exc:
+            code = exc.code().name if isinstance(exc, grpc.Call) else "UNKNOWN"  # type: ignore[redundant-expr]
+            click.echo(f"lake {command}: no answer from {target} ({code})", err=True)
+            sys.exit(2)
 
 
 def _status_name(value: int) -> str:
@@ -339,15 +354,8 @@ def status(ctx: click.Context, address: str | None, timeout: float) -> None:
     """
     from google.protobuf import json_format
 
-    target = address or _settings(ctx)["grpc"]["address"]
-    with grpc.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.LakeHealthStub(channel)
-        try:
-            reply = stub.GetStatus(health_pb2.GetStatusRequest(), timeout=timeout)
-        except grpc.RpcError as exc:
-            code = exc.code().name if isinstance(exc, grpc.Call) else "UNKNOWN"  # type: ignore[redundant-expr]
-            click.echo(f"lake status: no answer from {target} ({code})", err=True)
-            sys.exit(2)
+    target = _target(ctx, address)
+    reply = _ask_health(target, "status", timeout, health_pb2.GetStatusRequest())
     click.echo(json.dumps(json_format.MessageToDict(reply.status), indent=2))
 
 
@@ -384,4 +392,4 @@ def show_config(ctx: click.Context) -> None:
     click.echo(json.dumps(masked(_settings(ctx)), indent=2, sort_keys=True))
 
 
-shell.register(main, _settings)
+shell.register(main, _target)

@@ -50,7 +50,7 @@ def _api_options(fn: Any) -> Any:
 
 
 def register(
-    group: click.Group, settings: Callable[[click.Context], dict[str, Any]]
+    group: click.Group, target: Callable[[click.Context, str | None], str]
 ) -> None:
     """
     Add the shell commands to ``group``.
@@ -131,9 +131,6 @@ def register(
         configure_logging("console", "INFO")
         _run_peer(StreamPeer(out=out), address)
 
-    def _client_target(ctx: click.Context, address: str | None) -> str:
-        return address or str(settings(ctx)["grpc"]["address"])
-
     @group.command("call")
     @click.argument("method")
     @click.option(
@@ -182,7 +179,7 @@ def register(
             )
         except json_format.ParseError as exc:
             raise click.BadParameter(str(exc), param_hint="--data") from None
-        with grpc.insecure_channel(_client_target(ctx, address)) as channel:
+        with grpc.insecure_channel(target(ctx, address)) as channel:
             stub = channel.unary_unary(
                 f"/{service.full_name}/{rpc.name}",  # type: ignore[union-attr]
                 request_serializer=request_type.SerializeToString,
@@ -260,7 +257,7 @@ def register(
                 bar.update(len(chunk))
 
         with (
-            grpc.insecure_channel(_client_target(ctx, address)) as channel,
+            grpc.insecure_channel(target(ctx, address)) as channel,
             click.progressbar(
                 length=len(rows), label="writing", file=sys.stderr
             ) as bar,
