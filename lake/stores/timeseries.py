@@ -65,6 +65,19 @@ def _day_start(day: date) -> datetime:
     return datetime.combine(day, time(), tzinfo=UTC)
 
 
+async def _partitions(conn: Any) -> dict[date, str]:
+    rows = await conn.fetch(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c"
+        " ON c.oid = i.inhrelid WHERE i.inhparent = 'ts_data'::regclass"
+    )
+    return {
+        datetime.strptime(r["relname"][-8:], "%Y%m%d").replace(tzinfo=UTC).date(): r[
+            "relname"
+        ]
+        for r in rows
+    }
+
+
 def utcnow() -> datetime:
     """
     The current time in UTC.
@@ -113,17 +126,7 @@ class PgTimeSeriesStore:
         The existing partitions by day.
         """
         async with self._db.transaction() as conn:
-            rows = await conn.fetch(
-                "SELECT c.relname FROM pg_inherits i JOIN pg_class c"
-                " ON c.oid = i.inhrelid WHERE i.inhparent = 'ts_data'::regclass"
-            )
-        found = {}
-        for r in rows:
-            name = r["relname"]
-            found[datetime.strptime(name[-8:], "%Y%m%d").replace(tzinfo=UTC).date()] = (
-                name
-            )
-        return found
+            return await _partitions(conn)
 
     async def _ensure_days(self, days: set[date]) -> list[str]:
         if self._days is None:
@@ -158,7 +161,9 @@ class PgTimeSeriesStore:
         dropped = []
         async with self._db.transaction() as conn:
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _PARTITION_LOCK)
-            for day, name in sorted((await self.partitions()).items()):
+            # Listed on this connection: a second one from the pool while holding
+            # this one could wait out the acquire timeout on a small pool.
+            for day, name in sorted((await _partitions(conn)).items()):
                 # A partition is expired once its whole day is older than retention.
                 if day < horizon:
                     await conn.execute(f"DROP TABLE {name}")

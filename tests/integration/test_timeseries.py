@@ -254,3 +254,15 @@ async def test_bad_queries_name_the_field(manager, op, field):
     with pytest.raises(ValidationError) as info:
         await manager.coordinate(op)
     assert info.value.field == field
+
+
+async def test_upkeep_works_on_a_pool_of_one(lake_settings, manager):
+    """Partition upkeep needs one connection at a time, so a pool of one suffices."""
+    from lake.resources.postgres import open_pg_pool
+    from lake.stores.database import Database
+
+    pg = lake_settings["postgres"]
+    async with open_pg_pool(dsn=pg["dsn"], password=pg["password"], max_size=1) as pool:
+        store = PgTimeSeriesStore(Database(pool, acquire_timeout=0.5))
+        report = await store.maintain()
+    assert report.dropped == []
