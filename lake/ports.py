@@ -249,7 +249,8 @@ class Mesh(Protocol):
 
     async def embed(self, texts: Sequence[str]) -> list[list[float]]:
         """
-        Embed texts with the cortex peer.
+        Embed texts with the cortex peer: one vector per text, in order (a peer
+        answering otherwise is a MeshError).
         """
 
     async def publish(self, events: Sequence[Event]) -> int:

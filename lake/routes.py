@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from lake.codec import BUCKETS, FEATURE_MATCHES, POINT_PAGE, VECTOR_MATCHES, Codec
-from lake.errors import MeshError
 from lake.models import (
     SPATIAL_SCOPE,
     VectorItem,
@@ -54,16 +53,8 @@ class Route:
     codec: Codec[Any] | None = None
 
 
-async def _embed(c: Components, texts: list[str]) -> list[list[float]]:
-    vectors = await c.mesh.embed(texts)
-    if len(vectors) != len(texts):
-        msg = "peer cortex returned a wrong number of embeddings"
-        raise MeshError(msg)
-    return vectors
-
-
 async def _upsert_texts(c: Components, op: UpsertTexts) -> int:
-    vectors = await _embed(c, [item.text for item in op.items])
+    vectors = await c.mesh.embed([item.text for item in op.items])
     items = [
         VectorItem(item.id, vector, {**item.metadata, "text": item.text})
         for item, vector in zip(op.items, vectors, strict=True)
@@ -72,7 +63,7 @@ async def _upsert_texts(c: Components, op: UpsertTexts) -> int:
 
 
 async def _search_text(c: Components, op: SearchText) -> list[VectorMatch]:
-    (vector,) = await _embed(c, [op.text])
+    (vector,) = await c.mesh.embed([op.text])
     return await c.vectors.search(
         op.tenant, op.collection, vector, op.k, where=op.where
     )
