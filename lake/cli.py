@@ -150,6 +150,10 @@ async def _serve(settings: dict[str, Any]) -> int:
         auth_enabled=settings["auth"]["enabled"],
         max_deadline=grpc_cfg["max_deadline_s"],
         max_connection_age=grpc_cfg["max_connection_age_s"],
+        max_open_streams=grpc_cfg["max_open_streams"],
+        max_streams_per_peer=grpc_cfg["max_streams_per_peer"],
+        max_streams_per_connection=grpc_cfg["max_streams_per_connection"],
+        stream_idle_timeout=grpc_cfg["stream_idle_timeout_s"],
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -23,6 +23,7 @@ from typing import Any, TypeVar, cast
 
 from dependency_injector import containers, providers
 
+from lake.lag import LoopLag
 from lake.manager import ServiceManager
 from lake.mesh.client import open_mesh
 from lake.mesh.relay import OutboxRelay
@@ -180,6 +181,7 @@ class Container(containers.DeclarativeContainer):
             max_polygon_vertices=config.limits.max_polygon_vertices,
             max_ef_search=config.limits.max_ef_search,
             max_text_chars=config.limits.max_text_chars,
+            max_stream_points=config.limits.max_stream_points,
         ),
         startup=providers.Factory(
             RetryPolicy,
@@ -197,6 +199,9 @@ class Container(containers.DeclarativeContainer):
         attempt_timeout=config.startup.attempt_timeout,
         check_timeout=config.health.check_timeout,
         grace=config.grpc.grace,
+        loop_lag=providers.Singleton(
+            LoopLag, threshold_ms=config.health.loop_lag_threshold_ms
+        ),
     )
 
 

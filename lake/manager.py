@@ -40,6 +40,7 @@ from lake.health import (
     aggregate,
     run_checks,
 )
+from lake.lag import LoopLag
 from lake.logs import operation_context
 from lake.models import (
     Bucket,
@@ -65,6 +66,7 @@ from lake.operations import (
     UpsertTexts,
     UpsertVectors,
     WritePoints,
+    WritePointsMany,
 )
 from lake.ports import Components, ResourceSet
 from lake.resilience import RetryPolicy
@@ -110,6 +112,8 @@ class ServiceManager:
         attempt_timeout: time box of one start-up attempt, in seconds.
         check_timeout: time box of each health check, in seconds.
         grace: seconds that closing the resources may take.
+        loop_lag: samples the event loop's lag while running; health shows it and
+            does not blame a dependency for a check the loop was too busy to hear.
     """
 
     def __init__(
@@ -123,6 +127,7 @@ class ServiceManager:
         check_timeout: float = 1.0,
         grace: float = 5.0,
         operation_timeout: float = 30.0,
+        loop_lag: LoopLag | None = None,
     ) -> None:
         self._resources = resources
         self._limits = limits
@@ -132,12 +137,20 @@ class ServiceManager:
         self._check_timeout = check_timeout
         self._grace = grace
         self._operation_timeout = operation_timeout
+        self._loop_lag = loop_lag
         self._state = State.NEW
         self._lock = asyncio.Lock()
         self._components: Components | None = None
         self._health_run: asyncio.Future[HealthReport] | None = None
         self.stats: dict[str, OperationStats] = {}
         self._routes = ROUTES
+
+    @property
+    def limits(self) -> Limits:
+        """
+        The caps operations are validated against.
+        """
+        return self._limits
 
     @property
     def state(self) -> State:
@@ -174,6 +187,8 @@ class ServiceManager:
                     raise LifecycleError(msg) from None
                 raise
             self._state = State.RUNNING
+            if self._loop_lag is not None:
+                self._loop_lag.start()
             log.info("lake_started", took_s=round(time.perf_counter() - started, 3))
 
     async def _open_once(self) -> Components:
@@ -204,6 +219,8 @@ class ServiceManager:
                 return
             was = self._state
             self._state = State.STOPPING
+            if self._loop_lag is not None:
+                await self._loop_lag.stop()
             if was is State.RUNNING:
                 if self._components is not None:
                     await self._components.cache.drain()
@@ -233,12 +250,11 @@ class ServiceManager:
         if self._health_run is None or self._health_run.done():
             checks = self._checks(self._components)
             self._health_run = asyncio.ensure_future(
-                run_checks(checks, self._check_timeout)
+                run_checks(checks, self._check_timeout, self._loop_lag)
             )
         return await asyncio.shield(self._health_run)
 
-    @staticmethod
-    def _checks(c: Components) -> list[Check]:
+    def _checks(self, c: Components) -> list[Check]:
         checks = [
             Check("postgres", c.database.ping, critical=True),
             Check("redis", c.cache.ping, critical=False),
@@ -257,6 +273,19 @@ class ServiceManager:
             )
             for peer in c.mesh.peers
         ]
+        lag = self._loop_lag
+        if lag is not None:
+            # Lake's own loop: slow means every answer is late, not that any
+            # dependency is sick.
+            checks.append(
+                Check(
+                    "event_loop",
+                    lag.probe,
+                    critical=False,
+                    failure=Status.DEGRADED,
+                    measure=lag.worst_ms,
+                )
+            )
         return checks
 
     # --- operations -----------------------------------------------------------------
@@ -268,6 +297,7 @@ class ServiceManager:
         | UpsertTexts
         | DeleteVectors
         | WritePoints
+        | WritePointsMany
         | UpsertFeatures,
     ) -> int: ...
     @overload

@@ -49,6 +49,8 @@ class Limits:
     max_polygon_vertices: int = 1000
     max_ef_search: int = 1000
     max_text_chars: int = 8192
+    # Points one client stream may write; it commits as one transaction.
+    max_stream_points: int = 100_000
 
 
 @dataclass(frozen=True, slots=True)

@@ -68,6 +68,7 @@ __all__ = [
     "UpsertVectors",
     "VectorItem",
     "WritePoints",
+    "WritePointsMany",
 ]
 
 
@@ -410,6 +411,38 @@ class SearchText:
         check_json(self.where, "where")
 
 
+@dataclass(frozen=True, slots=True)
+class WritePointsMany:
+    """
+    Write several series' points at once: all are stored, or none (a client
+    stream's messages, committed together).
+    """
+
+    tenant: str
+    writes: Sequence[WritePoints]
+
+    def validate(self, limits: Limits) -> None:
+        """
+        Check every write and the total; raise ValidationError naming the first bad
+        field as ``writes[i].<field>``.
+        """
+        check_tenant(self.tenant)
+        if not self.writes:
+            raise ValidationError("writes", "must not be empty")
+        total = sum(len(w.points) for w in self.writes)
+        if total > limits.max_stream_points:
+            raise ValidationError(
+                "writes", f"more than {limits.max_stream_points} points in all"
+            )
+        for i, write in enumerate(self.writes):
+            if write.tenant != self.tenant:
+                raise ValidationError(f"writes[{i}].tenant", "differs from tenant")
+            try:
+                write.validate(limits)
+            except ValidationError as exc:
+                raise ValidationError(f"writes[{i}].{exc.field}", exc.problem) from None
+
+
 Operation = (
     CreateCollection
     | UpsertVectors
@@ -418,6 +451,7 @@ Operation = (
     | UpsertTexts
     | SearchText
     | WritePoints
+    | WritePointsMany
     | QueryPoints
     | AggregatePoints
     | UpsertFeatures

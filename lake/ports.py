@@ -149,7 +149,16 @@ class TimeSeriesStore(Pingable, Protocol):
         self, tenant: str, metric: str, tags: Mapping[str, str], points: list[Point]
     ) -> int:
         """
-        Write points; idempotent on timestamp.
+        Write points; idempotent on timestamp. Returns the rows stored.
+        """
+
+    async def write_many(
+        self,
+        tenant: str,
+        writes: Sequence[tuple[str, Mapping[str, str], list[Point]]],
+    ) -> int:
+        """
+        Write several series' points in one transaction; returns the rows stored.
         """
 
     async def query(

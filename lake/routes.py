@@ -35,6 +35,7 @@ from lake.operations import (
     UpsertTexts,
     UpsertVectors,
     WritePoints,
+    WritePointsMany,
 )
 from lake.ports import Components
 
@@ -108,6 +109,11 @@ ROUTES: dict[type[Any], Route] = {
     ),
     WritePoints: Route(
         lambda c, op: c.series.write(op.tenant, op.metric, op.tags, list(op.points))
+    ),
+    WritePointsMany: Route(
+        lambda c, op: c.series.write_many(
+            op.tenant, [(w.metric, w.tags, list(w.points)) for w in op.writes]
+        )
     ),
     QueryPoints: Route(
         lambda c, op: c.series.query(

@@ -4,7 +4,10 @@ Shared fixtures: fast stamina retries, clean structlog, test settings.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +15,21 @@ import stamina
 import structlog
 
 from lake.config import load_settings
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """
+    Give each session a temporary root of its own.
+
+    As root, the embedded PostgreSQL runs as another OS user that must traverse
+    the directories above its data; every pytest session resets its shared
+    ``pytest-of-<user>`` root to 0700, which would cut a concurrently running
+    session's database off from its files.
+    """
+    if config.option.basetemp is None and not hasattr(config, "workerinput"):
+        base = Path(tempfile.mkdtemp(prefix="lake-pytest-"))
+        config.option.basetemp = str(base)
+        config.add_cleanup(lambda: shutil.rmtree(base, ignore_errors=True))
 
 
 @pytest.fixture(autouse=True)

@@ -202,7 +202,17 @@ class FakeTimeSeriesStore(FakePingable):
         key = repr(sorted(tags.items()))
         for p in points:
             self.points[(tenant, metric, key, p.ts)] = p.value
-        return len(points)
+        return len({p.ts for p in points})
+
+    async def write_many(
+        self,
+        tenant: str,
+        writes: Sequence[tuple[str, Mapping[str, str], list[Point]]],
+    ) -> int:
+        stored = 0
+        for metric, tags, points in writes:
+            stored += await self.write(tenant, metric, tags, points)
+        return stored
 
     async def query(
         self,

@@ -20,6 +20,7 @@ from google.protobuf import struct_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from lake.api.admission import Admission, AdmissionInterceptor
 from lake.api.auth import AuthInterceptor
 from lake.api.servicer import SpatialServicer, TimeSeriesServicer, VectorsServicer
 from lake.errors import ConfigError
@@ -68,8 +69,9 @@ def report_to_proto(
 
 
 class _LakeHealthServicer(lake_health_grpc.LakeHealthServicer):
-    def __init__(self, manager: ServiceManager) -> None:
+    def __init__(self, manager: ServiceManager, admission: Admission) -> None:
         self._manager = manager
+        self._admission = admission
 
     async def GetHealth(
         self, request: lake_health_pb2.GetHealthRequest, context: Any
@@ -81,7 +83,9 @@ class _LakeHealthServicer(lake_health_grpc.LakeHealthServicer):
         self, request: lake_health_pb2.GetStatusRequest, context: Any
     ) -> lake_health_pb2.GetStatusResponse:
         status = struct_pb2.Struct()
-        status.update(json.loads(json.dumps(await self._manager.status(), default=str)))
+        report = await self._manager.status()
+        report["admission"] = self._admission.stats()
+        status.update(json.loads(json.dumps(report, default=str)))
         return lake_health_pb2.GetStatusResponse(status=status)
 
 
@@ -103,23 +107,36 @@ class LakeServer:
         auth_enabled: bool = True,
         max_deadline: float = 30.0,
         max_connection_age: float = 300.0,
+        max_open_streams: int = 64,
+        max_streams_per_peer: int = 8,
+        max_streams_per_connection: int = 128,
+        stream_idle_timeout: float = 10.0,
     ) -> None:
         self._manager = manager
         self._address = address
         self._interval = interval
+        self.admission = Admission(
+            max_api_calls=max_concurrent_rpcs,
+            max_open_streams=max_open_streams,
+            max_streams_per_peer=max_streams_per_peer,
+        )
         auth = AuthInterceptor(
             tokens or {}, max_deadline=max_deadline, enabled=auth_enabled
         )
         self._server = grpc.aio.server(
-            interceptors=[auth],
+            # Admission first: a call refused for want of a slot costs nothing more.
+            interceptors=[AdmissionInterceptor(self.admission), auth],
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),
                 # Clients reconnect now and then, so DNS round-robin rebalances.
                 ("grpc.max_connection_age_ms", int(max_connection_age * 1000)),
                 ("grpc.max_connection_age_grace_ms", 10_000),
+                ("grpc.max_concurrent_streams", max_streams_per_connection),
             ],
-            maximum_concurrent_rpcs=max_concurrent_rpcs,
+            # A backstop only: Admission holds each class to its own budget, so
+            # this never refuses a probe.
+            maximum_concurrent_rpcs=self.admission.backstop,
         )
         # grpc_health re-exports its async servicer implicitly, which strict mypy hides.
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
@@ -128,13 +145,14 @@ class LakeServer:
         self.port = 0
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         lake_health_grpc.add_LakeHealthServicer_to_server(
-            _LakeHealthServicer(manager), self._server
+            _LakeHealthServicer(manager, self.admission), self._server
         )
         lake_pb2_grpc.add_VectorsServicer_to_server(
             VectorsServicer(manager), self._server
         )
         lake_pb2_grpc.add_TimeSeriesServicer_to_server(
-            TimeSeriesServicer(manager), self._server
+            TimeSeriesServicer(manager, stream_idle_timeout=stream_idle_timeout),
+            self._server,
         )
         lake_pb2_grpc.add_SpatialServicer_to_server(
             SpatialServicer(manager), self._server

@@ -7,16 +7,18 @@ auth interceptor) and maps any failure through ``lake.api.errors.status_of``.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
 
+from lake import deadline
 from lake.api import convert
 from lake.api.auth import current_tenant
 from lake.api.errors import status_of
-from lake.errors import ValidationError
+from lake.errors import DeadlineExceededError, ValidationError
 from lake.manager import ServiceManager
 from lake.models import Collection, Point, TextItem, VectorItem
 from lake.operations import (
@@ -34,6 +36,7 @@ from lake.operations import (
     UpsertTexts,
     UpsertVectors,
     WritePoints,
+    WritePointsMany,
 )
 from lake.v1 import lake_pb2, lake_pb2_grpc
 
@@ -162,20 +165,36 @@ def _points(request: lake_pb2.WritePointsRequest) -> list[Point]:
 class TimeSeriesServicer(lake_pb2_grpc.TimeSeriesServicer):
     """
     lake.v1.TimeSeries.
+
+    Args:
+        manager: serves the operations.
+        stream_idle_timeout: seconds a WriteStream may send nothing before it is
+            ended (nothing stored).
     """
 
-    def __init__(self, manager: ServiceManager) -> None:
+    def __init__(
+        self, manager: ServiceManager, *, stream_idle_timeout: float = 10.0
+    ) -> None:
         self._manager = manager
+        self._idle = stream_idle_timeout
 
-    async def _write(self, tenant: str, request: lake_pb2.WritePointsRequest) -> int:
-        op = WritePoints(tenant, request.metric, _points(request), dict(request.tags))
-        return await self._manager.coordinate(op)
+    def _op(self, tenant: str, request: lake_pb2.WritePointsRequest) -> WritePoints:
+        # Count before converting: a 250,000-point message is refused in
+        # microseconds instead of blocking the loop while it is converted.
+        cap = self._manager.limits.max_batch
+        if len(request.timestamps_us) > cap:
+            raise ValidationError("timestamps_us", f"more than {cap} points")
+        return WritePoints(tenant, request.metric, _points(request), dict(request.tags))
 
     @_serve
     async def Write(
         self, request: lake_pb2.WritePointsRequest, context: Context, tenant: str
     ) -> lake_pb2.WritePointsResponse:
-        return lake_pb2.WritePointsResponse(written=await self._write(tenant, request))
+        op = self._op(tenant, request)
+        stored = await self._manager.coordinate(op)
+        return lake_pb2.WritePointsResponse(
+            written=stored, duplicates=len(op.points) - stored
+        )
 
     @_serve
     async def WriteStream(
@@ -184,10 +203,57 @@ class TimeSeriesServicer(lake_pb2_grpc.TimeSeriesServicer):
         context: Context,
         tenant: str,
     ) -> lake_pb2.WritePointsResponse:
-        written = 0
-        async for request in requests:
-            written += await self._write(tenant, request)
-        return lake_pb2.WritePointsResponse(written=written)
+        # The whole stream is one transaction: a stream that fails half-way (a bad
+        # message, a broken connection, a deadline) stores nothing.
+        writes = await self._collect(tenant, requests)
+        if not writes:
+            return lake_pb2.WritePointsResponse(written=0)
+        try:
+            stored = await self._manager.coordinate(WritePointsMany(tenant, writes))
+        except ValidationError as exc:
+            field = exc.field.replace("writes[", "messages[", 1)
+            raise ValidationError(field, exc.problem) from None
+        total = sum(len(w.points) for w in writes)
+        return lake_pb2.WritePointsResponse(written=stored, duplicates=total - stored)
+
+    async def _collect(
+        self, tenant: str, requests: AsyncIterator[lake_pb2.WritePointsRequest]
+    ) -> list[WritePoints]:
+        """
+        Read the stream to its end: every message within the idle timeout, all of
+        them within the call's deadline and ``limits.max_stream_points``.
+        """
+        cap = self._manager.limits.max_stream_points
+        writes: list[WritePoints] = []
+        total = 0
+        try:
+            async with asyncio.timeout(deadline.remaining()):
+                while True:
+                    request = await self._next(requests)
+                    if request is None:
+                        return writes
+                    total += len(request.timestamps_us)
+                    if total > cap:
+                        problem = f"more than {cap} points in one stream; split it"
+                        raise ValidationError("messages", problem)
+                    try:
+                        writes.append(self._op(tenant, request))
+                    except ValidationError as exc:
+                        where = f"messages[{len(writes)}].{exc.field}"
+                        raise ValidationError(where, exc.problem) from None
+        except TimeoutError:
+            msg = "stream outlived its deadline; nothing was stored"
+            raise DeadlineExceededError(msg) from None
+
+    async def _next(
+        self, requests: AsyncIterator[lake_pb2.WritePointsRequest]
+    ) -> lake_pb2.WritePointsRequest | None:
+        try:
+            async with asyncio.timeout(self._idle):
+                return await anext(requests, None)
+        except TimeoutError:
+            msg = f"stream sent nothing for {self._idle:g} s; nothing was stored"
+            raise DeadlineExceededError(msg) from None
 
     @_serve
     async def Query(

@@ -12,7 +12,7 @@ Time-series store: series (metric + tags) and points, partitioned by day.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -36,6 +36,8 @@ _INSERT = (
     " SELECT $1, $2, ts, value FROM lake_ts_stage"
 )
 _UPSERT = " ON CONFLICT (series_id, ts) DO UPDATE SET value = EXCLUDED.value"
+# Between two series of one transaction: an empty stage and a fresh savepoint.
+_NEXT_SERIES = "TRUNCATE lake_ts_stage; SAVEPOINT lake_fast_insert"
 _PARTITION_LOCK = 0x6C616B74  # "lakt": one partition manager at a time
 _AGGREGATES = {
     "avg": "avg(d.value)",
@@ -175,14 +177,14 @@ class PgTimeSeriesStore:
     # --- writes -------------------------------------------------------------------
 
     def _check_window(
-        self, points: list[Point], first: datetime, last: datetime
+        self, points: list[Point], first: datetime, last: datetime, prefix: str = ""
     ) -> None:
         now = self._clock()
         oldest, newest = now - self._retention, now + self._future
         if oldest <= first and last < newest:
             return
         for i, p in enumerate(points):
-            where = f"points[{i}].ts"
+            where = f"{prefix}points[{i}].ts"
             if p.ts < oldest:
                 msg = f"older than the retention period ({self._retention.days} days)"
                 raise ValidationError(where, msg)
@@ -217,47 +219,80 @@ class PgTimeSeriesStore:
         """
         Write ``points``: COPY to staging, one idempotent merge; last value wins.
 
+        Returns:
+            The rows stored: one per distinct timestamp (a timestamp repeated in
+            the batch is stored once, its last value winning).
+
         Raises:
             ValidationError: a point lies outside [now - retention, now + ahead).
         """
-        stamps = [p.ts for p in points]
-        first, last = min(stamps), max(stamps)
-        self._check_window(points, first, last)
-        records: list[tuple[datetime, float]] = list(
-            zip(stamps, (p.value for p in points), strict=True)
-        )
-        days = (last.astimezone(UTC).date() - first.astimezone(UTC).date()).days
-        start_day = first.astimezone(UTC).date()
-        await self._ensure_days(
-            {start_day + timedelta(days=d) for d in range(days + 1)}
-        )
-        sid = await self._series_id(tenant, metric, _tags_json(tags))
+        return await self.write_many(tenant, [(metric, tags, points)])
+
+    async def write_many(
+        self,
+        tenant: str,
+        writes: Sequence[tuple[str, Mapping[str, str], list[Point]]],
+    ) -> int:
+        """
+        Write several series' points in ONE transaction: all of them or none.
+
+        Returns:
+            The rows stored across all series (distinct timestamps per series).
+
+        Raises:
+            ValidationError: a point lies outside the window; its field is
+                ``writes[i].points[j].ts`` when there are several writes.
+        """
+        batches = []
+        days: set[date] = set()
+        for i, (metric, tags, points) in enumerate(writes):
+            stamps = [p.ts for p in points]
+            first, last = min(stamps), max(stamps)
+            prefix = f"writes[{i}]." if len(writes) > 1 else ""
+            self._check_window(points, first, last, prefix)
+            start_day = first.astimezone(UTC).date()
+            span = (last.astimezone(UTC).date() - start_day).days
+            days |= {start_day + timedelta(days=d) for d in range(span + 1)}
+            records = list(zip(stamps, (p.value for p in points), strict=True))
+            batches.append((metric, tags, records, first, last))
+        await self._ensure_days(days)
+        sids = [
+            await self._series_id(tenant, metric, _tags_json(tags))
+            for metric, tags, *_ in batches
+        ]
+        stored = 0
         async with self._db.transaction(tenant, prelude=_STAGE_FAST) as conn:
-            await self._merge(conn, tenant, sid, records)
-            event = {
-                "metric": metric,
-                "tags": dict(tags),
-                "count": len(records),
-                "first": first.isoformat(),
-                "last": last.isoformat(),
-            }
-            await record_write(
-                conn,
-                tenant,
-                series_scope(metric),
-                ("points.written", event) if self._events else None,
-            )
-        return len(points)
+            for i, (sid, (metric, tags, records, first, last)) in enumerate(
+                zip(sids, batches, strict=True)
+            ):
+                if i:  # the staging table and savepoint serve one series at a time
+                    await conn.execute(_NEXT_SERIES)
+                stored += await self._merge(conn, tenant, sid, records)
+                event = {
+                    "metric": metric,
+                    "tags": dict(tags),
+                    "count": len(records),
+                    "first": first.isoformat(),
+                    "last": last.isoformat(),
+                }
+                await record_write(
+                    conn,
+                    tenant,
+                    series_scope(metric),
+                    ("points.written", event) if self._events else None,
+                )
+        return stored
 
     @staticmethod
     async def _merge(
         conn: Any, tenant: str, sid: int, records: list[tuple[datetime, float]]
-    ) -> None:
+    ) -> int:
         # New points (the common case) go in with a plain INSERT, about twice as
         # fast as ON CONFLICT's speculative insertion. A batch that repeats stored
         # points (a retry, a correction) or repeats a timestamp within itself rolls
         # back to the savepoint (taken in the transaction's first round trip) and
-        # merges, one row per timestamp, the last one winning.
+        # merges, one row per timestamp, the last one winning. Returns the rows
+        # stored: one per distinct timestamp.
         columns = ["ts", "value"]
         await conn.copy_records_to_table(
             "lake_ts_stage", records=records, columns=columns
@@ -271,6 +306,8 @@ class PgTimeSeriesStore:
                 "lake_ts_stage", records=unique, columns=columns
             )
             await conn.execute(_INSERT + _UPSERT, tenant, sid)
+            return len(unique)
+        return len(records)
 
     # --- reads --------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12lake/v1/lake.proto\x12\x07lake.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"[\n\x17\x43reateCollectionRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0b\n\x03\x64im\x18\x02 \x01(\r\x12\x1f\n\x06metric\x18\x03 \x01(\x0e\x32\x0f.lake.v1.Metric\"\\\n\x18\x43reateCollectionResponse\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0b\n\x03\x64im\x18\x02 \x01(\r\x12\x1f\n\x06metric\x18\x03 \x01(\x0e\x32\x0f.lake.v1.Metric\"S\n\nVectorItem\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\x02\x12)\n\x08metadata\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"N\n\x14UpsertVectorsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\"\n\x05items\x18\x02 \x03(\x0b\x32\x13.lake.v1.VectorItem\")\n\x15UpsertVectorsResponse\x12\x10\n\x08upserted\x18\x01 \x01(\r\"\x80\x01\n\x14SearchVectorsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0e\n\x06vector\x18\x02 \x03(\x02\x12\t\n\x01k\x18\x03 \x01(\r\x12&\n\x05where\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x11\n\tef_search\x18\x05 \x01(\r\"V\n\x0bVectorMatch\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x64istance\x18\x02 \x01(\x01\x12)\n\x08metadata\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\">\n\x15SearchVectorsResponse\x12%\n\x07matches\x18\x01 \x03(\x0b\x32\x14.lake.v1.VectorMatch\"7\n\x14\x44\x65leteVectorsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\"(\n\x15\x44\x65leteVectorsResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\r\"O\n\x08TextItem\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12)\n\x08metadata\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"J\n\x12UpsertTextsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12 \n\x05items\x18\x02 \x03(\x0b\x32\x11.lake.v1.TextItem\"h\n\x11SearchTextRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\t\n\x01k\x18\x03 \x01(\r\x12&\n\x05where\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xad\x01\n\x12WritePointsRequest\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12\x33\n\x04tags\x18\x02 \x03(\x0b\x32%.lake.v1.WritePointsRequest.TagsEntry\x12\x15\n\rtimestamps_us\x18\x03 \x03(\x03\x12\x0e\n\x06values\x18\x04 \x03(\x01\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"&\n\x13WritePointsResponse\x12\x0f\n\x07written\x18\x01 \x01(\x04\"\xf9\x01\n\x12QueryPointsRequest\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12\x33\n\x04tags\x18\x02 \x03(\x0b\x32%.lake.v1.QueryPointsRequest.TagsEntry\x12)\n\x05start\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05limit\x18\x05 \x01(\r\x12\x0e\n\x06\x63ursor\x18\x06 \x01(\t\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x91\x01\n\x0cSeriesPoints\x12-\n\x04tags\x18\x01 \x03(\x0b\x32\x1f.lake.v1.SeriesPoints.TagsEntry\x12\x15\n\rtimestamps_us\x18\x02 \x03(\x03\x12\x0e\n\x06values\x18\x03 \x03(\x01\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Q\n\x13QueryPointsResponse\x12%\n\x06series\x18\x01 \x03(\x0b\x32\x15.lake.v1.SeriesPoints\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"\xb4\x02\n\x16\x41ggregatePointsRequest\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12\x37\n\x04tags\x18\x02 \x03(\x0b\x32).lake.v1.AggregatePointsRequest.TagsEntry\x12)\n\x05start\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x06\x62ucket\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12%\n\taggregate\x18\x06 \x01(\x0e\x32\x12.lake.v1.Aggregate\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Q\n\x06\x42ucket\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05value\x18\x02 \x01(\x01\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\";\n\x17\x41ggregatePointsResponse\x12 \n\x07\x62uckets\x18\x01 \x03(\x0b\x32\x0f.lake.v1.Bucket\"\\\n\x07\x46\x65\x61ture\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0b\n\x03lon\x18\x02 \x01(\x01\x12\x0b\n\x03lat\x18\x03 \x01(\x01\x12+\n\nproperties\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\";\n\x15UpsertFeaturesRequest\x12\"\n\x08\x66\x65\x61tures\x18\x01 \x03(\x0b\x32\x10.lake.v1.Feature\"*\n\x16UpsertFeaturesResponse\x12\x10\n\x08upserted\x18\x01 \x01(\r\"E\n\x0c\x46\x65\x61tureMatch\x12!\n\x07\x66\x65\x61ture\x18\x01 \x01(\x0b\x32\x10.lake.v1.Feature\x12\x12\n\ndistance_m\x18\x02 \x01(\x01\":\n\x10\x46\x65\x61turesResponse\x12&\n\x07matches\x18\x01 \x03(\x0b\x32\x15.lake.v1.FeatureMatch\"J\n\rNearbyRequest\x12\x0b\n\x03lon\x18\x01 \x01(\x01\x12\x0b\n\x03lat\x18\x02 \x01(\x01\x12\x10\n\x08radius_m\x18\x03 \x01(\x01\x12\r\n\x05limit\x18\x04 \x01(\r\"5\n\x0eNearestRequest\x12\x0b\n\x03lon\x18\x01 \x01(\x01\x12\x0b\n\x03lat\x18\x02 \x01(\x01\x12\t\n\x01k\x18\x03 \x01(\r\"W\n\x0cInBoxRequest\x12\x0c\n\x04west\x18\x01 \x01(\x01\x12\r\n\x05south\x18\x02 \x01(\x01\x12\x0c\n\x04\x65\x61st\x18\x03 \x01(\x01\x12\r\n\x05north\x18\x04 \x01(\x01\x12\r\n\x05limit\x18\x05 \x01(\r\"=\n\x10InPolygonRequest\x12\x0c\n\x04lons\x18\x01 \x03(\x01\x12\x0c\n\x04lats\x18\x02 \x03(\x01\x12\r\n\x05limit\x18\x03 \x01(\r*\\\n\x06Metric\x12\x16\n\x12METRIC_UNSPECIFIED\x10\x00\x12\x11\n\rMETRIC_COSINE\x10\x01\x12\r\n\tMETRIC_L2\x10\x02\x12\x18\n\x14METRIC_INNER_PRODUCT\x10\x03*\x9b\x01\n\tAggregate\x12\x19\n\x15\x41GGREGATE_UNSPECIFIED\x10\x00\x12\x11\n\rAGGREGATE_AVG\x10\x01\x12\x11\n\rAGGREGATE_MIN\x10\x02\x12\x11\n\rAGGREGATE_MAX\x10\x03\x12\x11\n\rAGGREGATE_SUM\x10\x04\x12\x13\n\x0f\x41GGREGATE_COUNT\x10\x05\x12\x12\n\x0e\x41GGREGATE_LAST\x10\x06\x32\xd3\x03\n\x07Vectors\x12W\n\x10\x43reateCollection\x12 .lake.v1.CreateCollectionRequest\x1a!.lake.v1.CreateCollectionResponse\x12G\n\x06Upsert\x12\x1d.lake.v1.UpsertVectorsRequest\x1a\x1e.lake.v1.UpsertVectorsResponse\x12G\n\x06Search\x12\x1d.lake.v1.SearchVectorsRequest\x1a\x1e.lake.v1.SearchVectorsResponse\x12G\n\x06\x44\x65lete\x12\x1d.lake.v1.DeleteVectorsRequest\x1a\x1e.lake.v1.DeleteVectorsResponse\x12J\n\x0bUpsertTexts\x12\x1b.lake.v1.UpsertTextsRequest\x1a\x1e.lake.v1.UpsertVectorsResponse\x12H\n\nSearchText\x12\x1a.lake.v1.SearchTextRequest\x1a\x1e.lake.v1.SearchVectorsResponse2\xb0\x02\n\nTimeSeries\x12\x42\n\x05Write\x12\x1b.lake.v1.WritePointsRequest\x1a\x1c.lake.v1.WritePointsResponse\x12J\n\x0bWriteStream\x12\x1b.lake.v1.WritePointsRequest\x1a\x1c.lake.v1.WritePointsResponse(\x01\x12\x42\n\x05Query\x12\x1b.lake.v1.QueryPointsRequest\x1a\x1c.lake.v1.QueryPointsResponse\x12N\n\tAggregate\x12\x1f.lake.v1.AggregatePointsRequest\x1a .lake.v1.AggregatePointsResponse2\xce\x02\n\x07Spatial\x12I\n\x06Upsert\x12\x1e.lake.v1.UpsertFeaturesRequest\x1a\x1f.lake.v1.UpsertFeaturesResponse\x12;\n\x06Nearby\x12\x16.lake.v1.NearbyRequest\x1a\x19.lake.v1.FeaturesResponse\x12=\n\x07Nearest\x12\x17.lake.v1.NearestRequest\x1a\x19.lake.v1.FeaturesResponse\x12\x39\n\x05InBox\x12\x15.lake.v1.InBoxRequest\x1a\x19.lake.v1.FeaturesResponse\x12\x41\n\tInPolygon\x12\x19.lake.v1.InPolygonRequest\x1a\x19.lake.v1.FeaturesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12lake/v1/lake.proto\x12\x07lake.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"[\n\x17\x43reateCollectionRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0b\n\x03\x64im\x18\x02 \x01(\r\x12\x1f\n\x06metric\x18\x03 \x01(\x0e\x32\x0f.lake.v1.Metric\"\\\n\x18\x43reateCollectionResponse\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0b\n\x03\x64im\x18\x02 \x01(\r\x12\x1f\n\x06metric\x18\x03 \x01(\x0e\x32\x0f.lake.v1.Metric\"S\n\nVectorItem\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\x02\x12)\n\x08metadata\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"N\n\x14UpsertVectorsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\"\n\x05items\x18\x02 \x03(\x0b\x32\x13.lake.v1.VectorItem\")\n\x15UpsertVectorsResponse\x12\x10\n\x08upserted\x18\x01 \x01(\r\"\x80\x01\n\x14SearchVectorsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0e\n\x06vector\x18\x02 \x03(\x02\x12\t\n\x01k\x18\x03 \x01(\r\x12&\n\x05where\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x11\n\tef_search\x18\x05 \x01(\r\"V\n\x0bVectorMatch\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x64istance\x18\x02 \x01(\x01\x12)\n\x08metadata\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\">\n\x15SearchVectorsResponse\x12%\n\x07matches\x18\x01 \x03(\x0b\x32\x14.lake.v1.VectorMatch\"7\n\x14\x44\x65leteVectorsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\"(\n\x15\x44\x65leteVectorsResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\r\"O\n\x08TextItem\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12)\n\x08metadata\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"J\n\x12UpsertTextsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12 \n\x05items\x18\x02 \x03(\x0b\x32\x11.lake.v1.TextItem\"h\n\x11SearchTextRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\t\n\x01k\x18\x03 \x01(\r\x12&\n\x05where\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xad\x01\n\x12WritePointsRequest\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12\x33\n\x04tags\x18\x02 \x03(\x0b\x32%.lake.v1.WritePointsRequest.TagsEntry\x12\x15\n\rtimestamps_us\x18\x03 \x03(\x03\x12\x0e\n\x06values\x18\x04 \x03(\x01\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\":\n\x13WritePointsResponse\x12\x0f\n\x07written\x18\x01 \x01(\x04\x12\x12\n\nduplicates\x18\x02 \x01(\x04\"\xf9\x01\n\x12QueryPointsRequest\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12\x33\n\x04tags\x18\x02 \x03(\x0b\x32%.lake.v1.QueryPointsRequest.TagsEntry\x12)\n\x05start\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05limit\x18\x05 \x01(\r\x12\x0e\n\x06\x63ursor\x18\x06 \x01(\t\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x91\x01\n\x0cSeriesPoints\x12-\n\x04tags\x18\x01 \x03(\x0b\x32\x1f.lake.v1.SeriesPoints.TagsEntry\x12\x15\n\rtimestamps_us\x18\x02 \x03(\x03\x12\x0e\n\x06values\x18\x03 \x03(\x01\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Q\n\x13QueryPointsResponse\x12%\n\x06series\x18\x01 \x03(\x0b\x32\x15.lake.v1.SeriesPoints\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"\xb4\x02\n\x16\x41ggregatePointsRequest\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12\x37\n\x04tags\x18\x02 \x03(\x0b\x32).lake.v1.AggregatePointsRequest.TagsEntry\x12)\n\x05start\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x06\x62ucket\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12%\n\taggregate\x18\x06 \x01(\x0e\x32\x12.lake.v1.Aggregate\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Q\n\x06\x42ucket\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05value\x18\x02 \x01(\x01\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\";\n\x17\x41ggregatePointsResponse\x12 \n\x07\x62uckets\x18\x01 \x03(\x0b\x32\x0f.lake.v1.Bucket\"\\\n\x07\x46\x65\x61ture\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0b\n\x03lon\x18\x02 \x01(\x01\x12\x0b\n\x03lat\x18\x03 \x01(\x01\x12+\n\nproperties\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\";\n\x15UpsertFeaturesRequest\x12\"\n\x08\x66\x65\x61tures\x18\x01 \x03(\x0b\x32\x10.lake.v1.Feature\"*\n\x16UpsertFeaturesResponse\x12\x10\n\x08upserted\x18\x01 \x01(\r\"E\n\x0c\x46\x65\x61tureMatch\x12!\n\x07\x66\x65\x61ture\x18\x01 \x01(\x0b\x32\x10.lake.v1.Feature\x12\x12\n\ndistance_m\x18\x02 \x01(\x01\":\n\x10\x46\x65\x61turesResponse\x12&\n\x07matches\x18\x01 \x03(\x0b\x32\x15.lake.v1.FeatureMatch\"J\n\rNearbyRequest\x12\x0b\n\x03lon\x18\x01 \x01(\x01\x12\x0b\n\x03lat\x18\x02 \x01(\x01\x12\x10\n\x08radius_m\x18\x03 \x01(\x01\x12\r\n\x05limit\x18\x04 \x01(\r\"5\n\x0eNearestRequest\x12\x0b\n\x03lon\x18\x01 \x01(\x01\x12\x0b\n\x03lat\x18\x02 \x01(\x01\x12\t\n\x01k\x18\x03 \x01(\r\"W\n\x0cInBoxRequest\x12\x0c\n\x04west\x18\x01 \x01(\x01\x12\r\n\x05south\x18\x02 \x01(\x01\x12\x0c\n\x04\x65\x61st\x18\x03 \x01(\x01\x12\r\n\x05north\x18\x04 \x01(\x01\x12\r\n\x05limit\x18\x05 \x01(\r\"=\n\x10InPolygonRequest\x12\x0c\n\x04lons\x18\x01 \x03(\x01\x12\x0c\n\x04lats\x18\x02 \x03(\x01\x12\r\n\x05limit\x18\x03 \x01(\r*\\\n\x06Metric\x12\x16\n\x12METRIC_UNSPECIFIED\x10\x00\x12\x11\n\rMETRIC_COSINE\x10\x01\x12\r\n\tMETRIC_L2\x10\x02\x12\x18\n\x14METRIC_INNER_PRODUCT\x10\x03*\x9b\x01\n\tAggregate\x12\x19\n\x15\x41GGREGATE_UNSPECIFIED\x10\x00\x12\x11\n\rAGGREGATE_AVG\x10\x01\x12\x11\n\rAGGREGATE_MIN\x10\x02\x12\x11\n\rAGGREGATE_MAX\x10\x03\x12\x11\n\rAGGREGATE_SUM\x10\x04\x12\x13\n\x0f\x41GGREGATE_COUNT\x10\x05\x12\x12\n\x0e\x41GGREGATE_LAST\x10\x06\x32\xd3\x03\n\x07Vectors\x12W\n\x10\x43reateCollection\x12 .lake.v1.CreateCollectionRequest\x1a!.lake.v1.CreateCollectionResponse\x12G\n\x06Upsert\x12\x1d.lake.v1.UpsertVectorsRequest\x1a\x1e.lake.v1.UpsertVectorsResponse\x12G\n\x06Search\x12\x1d.lake.v1.SearchVectorsRequest\x1a\x1e.lake.v1.SearchVectorsResponse\x12G\n\x06\x44\x65lete\x12\x1d.lake.v1.DeleteVectorsRequest\x1a\x1e.lake.v1.DeleteVectorsResponse\x12J\n\x0bUpsertTexts\x12\x1b.lake.v1.UpsertTextsRequest\x1a\x1e.lake.v1.UpsertVectorsResponse\x12H\n\nSearchText\x12\x1a.lake.v1.SearchTextRequest\x1a\x1e.lake.v1.SearchVectorsResponse2\xb0\x02\n\nTimeSeries\x12\x42\n\x05Write\x12\x1b.lake.v1.WritePointsRequest\x1a\x1c.lake.v1.WritePointsResponse\x12J\n\x0bWriteStream\x12\x1b.lake.v1.WritePointsRequest\x1a\x1c.lake.v1.WritePointsResponse(\x01\x12\x42\n\x05Query\x12\x1b.lake.v1.QueryPointsRequest\x1a\x1c.lake.v1.QueryPointsResponse\x12N\n\tAggregate\x12\x1f.lake.v1.AggregatePointsRequest\x1a .lake.v1.AggregatePointsResponse2\xce\x02\n\x07Spatial\x12I\n\x06Upsert\x12\x1e.lake.v1.UpsertFeaturesRequest\x1a\x1f.lake.v1.UpsertFeaturesResponse\x12;\n\x06Nearby\x12\x16.lake.v1.NearbyRequest\x1a\x19.lake.v1.FeaturesResponse\x12=\n\x07Nearest\x12\x17.lake.v1.NearestRequest\x1a\x19.lake.v1.FeaturesResponse\x12\x39\n\x05InBox\x12\x15.lake.v1.InBoxRequest\x1a\x19.lake.v1.FeaturesResponse\x12\x41\n\tInPolygon\x12\x19.lake.v1.InPolygonRequest\x1a\x19.lake.v1.FeaturesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,10 +42,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SERIESPOINTS_TAGSENTRY']._serialized_options = b'8\001'
   _globals['_AGGREGATEPOINTSREQUEST_TAGSENTRY']._loaded_options = None
   _globals['_AGGREGATEPOINTSREQUEST_TAGSENTRY']._serialized_options = b'8\001'
-  _globals['_METRIC']._serialized_start=2933
-  _globals['_METRIC']._serialized_end=3025
-  _globals['_AGGREGATE']._serialized_start=3028
-  _globals['_AGGREGATE']._serialized_end=3183
+  _globals['_METRIC']._serialized_start=2953
+  _globals['_METRIC']._serialized_end=3045
+  _globals['_AGGREGATE']._serialized_start=3048
+  _globals['_AGGREGATE']._serialized_end=3203
   _globals['_CREATECOLLECTIONREQUEST']._serialized_start=126
   _globals['_CREATECOLLECTIONREQUEST']._serialized_end=217
   _globals['_CREATECOLLECTIONRESPONSE']._serialized_start=219
@@ -77,47 +77,47 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WRITEPOINTSREQUEST_TAGSENTRY']._serialized_start=1297
   _globals['_WRITEPOINTSREQUEST_TAGSENTRY']._serialized_end=1340
   _globals['_WRITEPOINTSRESPONSE']._serialized_start=1342
-  _globals['_WRITEPOINTSRESPONSE']._serialized_end=1380
-  _globals['_QUERYPOINTSREQUEST']._serialized_start=1383
-  _globals['_QUERYPOINTSREQUEST']._serialized_end=1632
+  _globals['_WRITEPOINTSRESPONSE']._serialized_end=1400
+  _globals['_QUERYPOINTSREQUEST']._serialized_start=1403
+  _globals['_QUERYPOINTSREQUEST']._serialized_end=1652
   _globals['_QUERYPOINTSREQUEST_TAGSENTRY']._serialized_start=1297
   _globals['_QUERYPOINTSREQUEST_TAGSENTRY']._serialized_end=1340
-  _globals['_SERIESPOINTS']._serialized_start=1635
-  _globals['_SERIESPOINTS']._serialized_end=1780
+  _globals['_SERIESPOINTS']._serialized_start=1655
+  _globals['_SERIESPOINTS']._serialized_end=1800
   _globals['_SERIESPOINTS_TAGSENTRY']._serialized_start=1297
   _globals['_SERIESPOINTS_TAGSENTRY']._serialized_end=1340
-  _globals['_QUERYPOINTSRESPONSE']._serialized_start=1782
-  _globals['_QUERYPOINTSRESPONSE']._serialized_end=1863
-  _globals['_AGGREGATEPOINTSREQUEST']._serialized_start=1866
-  _globals['_AGGREGATEPOINTSREQUEST']._serialized_end=2174
+  _globals['_QUERYPOINTSRESPONSE']._serialized_start=1802
+  _globals['_QUERYPOINTSRESPONSE']._serialized_end=1883
+  _globals['_AGGREGATEPOINTSREQUEST']._serialized_start=1886
+  _globals['_AGGREGATEPOINTSREQUEST']._serialized_end=2194
   _globals['_AGGREGATEPOINTSREQUEST_TAGSENTRY']._serialized_start=1297
   _globals['_AGGREGATEPOINTSREQUEST_TAGSENTRY']._serialized_end=1340
-  _globals['_BUCKET']._serialized_start=2176
-  _globals['_BUCKET']._serialized_end=2257
-  _globals['_AGGREGATEPOINTSRESPONSE']._serialized_start=2259
-  _globals['_AGGREGATEPOINTSRESPONSE']._serialized_end=2318
-  _globals['_FEATURE']._serialized_start=2320
-  _globals['_FEATURE']._serialized_end=2412
-  _globals['_UPSERTFEATURESREQUEST']._serialized_start=2414
-  _globals['_UPSERTFEATURESREQUEST']._serialized_end=2473
-  _globals['_UPSERTFEATURESRESPONSE']._serialized_start=2475
-  _globals['_UPSERTFEATURESRESPONSE']._serialized_end=2517
-  _globals['_FEATUREMATCH']._serialized_start=2519
-  _globals['_FEATUREMATCH']._serialized_end=2588
-  _globals['_FEATURESRESPONSE']._serialized_start=2590
-  _globals['_FEATURESRESPONSE']._serialized_end=2648
-  _globals['_NEARBYREQUEST']._serialized_start=2650
-  _globals['_NEARBYREQUEST']._serialized_end=2724
-  _globals['_NEARESTREQUEST']._serialized_start=2726
-  _globals['_NEARESTREQUEST']._serialized_end=2779
-  _globals['_INBOXREQUEST']._serialized_start=2781
-  _globals['_INBOXREQUEST']._serialized_end=2868
-  _globals['_INPOLYGONREQUEST']._serialized_start=2870
-  _globals['_INPOLYGONREQUEST']._serialized_end=2931
-  _globals['_VECTORS']._serialized_start=3186
-  _globals['_VECTORS']._serialized_end=3653
-  _globals['_TIMESERIES']._serialized_start=3656
-  _globals['_TIMESERIES']._serialized_end=3960
-  _globals['_SPATIAL']._serialized_start=3963
-  _globals['_SPATIAL']._serialized_end=4297
+  _globals['_BUCKET']._serialized_start=2196
+  _globals['_BUCKET']._serialized_end=2277
+  _globals['_AGGREGATEPOINTSRESPONSE']._serialized_start=2279
+  _globals['_AGGREGATEPOINTSRESPONSE']._serialized_end=2338
+  _globals['_FEATURE']._serialized_start=2340
+  _globals['_FEATURE']._serialized_end=2432
+  _globals['_UPSERTFEATURESREQUEST']._serialized_start=2434
+  _globals['_UPSERTFEATURESREQUEST']._serialized_end=2493
+  _globals['_UPSERTFEATURESRESPONSE']._serialized_start=2495
+  _globals['_UPSERTFEATURESRESPONSE']._serialized_end=2537
+  _globals['_FEATUREMATCH']._serialized_start=2539
+  _globals['_FEATUREMATCH']._serialized_end=2608
+  _globals['_FEATURESRESPONSE']._serialized_start=2610
+  _globals['_FEATURESRESPONSE']._serialized_end=2668
+  _globals['_NEARBYREQUEST']._serialized_start=2670
+  _globals['_NEARBYREQUEST']._serialized_end=2744
+  _globals['_NEARESTREQUEST']._serialized_start=2746
+  _globals['_NEARESTREQUEST']._serialized_end=2799
+  _globals['_INBOXREQUEST']._serialized_start=2801
+  _globals['_INBOXREQUEST']._serialized_end=2888
+  _globals['_INPOLYGONREQUEST']._serialized_start=2890
+  _globals['_INPOLYGONREQUEST']._serialized_end=2951
+  _globals['_VECTORS']._serialized_start=3206
+  _globals['_VECTORS']._serialized_end=3673
+  _globals['_TIMESERIES']._serialized_start=3676
+  _globals['_TIMESERIES']._serialized_end=3980
+  _globals['_SPATIAL']._serialized_start=3983
+  _globals['_SPATIAL']._serialized_end=4317
 # @@protoc_insertion_point(module_scope)

@@ -454,15 +454,22 @@ class WritePointsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     WRITTEN_FIELD_NUMBER: _builtins.int
+    DUPLICATES_FIELD_NUMBER: _builtins.int
     written: _builtins.int
+    """Rows stored: one per distinct timestamp of a series (new or replacing one)."""
+    duplicates: _builtins.int
+    """Points of the request that repeated a timestamp of the same series in the
+    same request; they were folded into one row each, the last value winning.
+    """
     def __init__(
         self,
         *,
         written: _builtins.int = ...,
+        duplicates: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["written", b"written"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicates", b"duplicates", "written", b"written"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

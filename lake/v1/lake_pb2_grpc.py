@@ -353,7 +353,9 @@ class TimeSeriesServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WriteStream(self, request_iterator, context):
-        """Bulk ingest: each message is written as it arrives; the reply counts them all.
+        """Bulk ingest: the whole stream commits as one transaction when it ends, so a
+        stream that fails stores nothing (at most limits.max_stream_points points; an
+        idle stream is ended after grpc.stream_idle_timeout_s).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -104,7 +104,10 @@ class TimeSeriesStub:
     def __new__(cls, channel: _aio.Channel) -> TimeSeriesAsyncStub: ...
     Write: _grpc.UnaryUnaryMultiCallable[_lake_pb2.WritePointsRequest, _lake_pb2.WritePointsResponse]
     WriteStream: _grpc.StreamUnaryMultiCallable[_lake_pb2.WritePointsRequest, _lake_pb2.WritePointsResponse]
-    """Bulk ingest: each message is written as it arrives; the reply counts them all."""
+    """Bulk ingest: the whole stream commits as one transaction when it ends, so a
+    stream that fails stores nothing (at most limits.max_stream_points points; an
+    idle stream is ended after grpc.stream_idle_timeout_s).
+    """
     Query: _grpc.UnaryUnaryMultiCallable[_lake_pb2.QueryPointsRequest, _lake_pb2.QueryPointsResponse]
     Aggregate: _grpc.UnaryUnaryMultiCallable[_lake_pb2.AggregatePointsRequest, _lake_pb2.AggregatePointsResponse]
 
@@ -113,7 +116,10 @@ class TimeSeriesAsyncStub(TimeSeriesStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Write: _aio.UnaryUnaryMultiCallable[_lake_pb2.WritePointsRequest, _lake_pb2.WritePointsResponse]  # type: ignore[assignment]
     WriteStream: _aio.StreamUnaryMultiCallable[_lake_pb2.WritePointsRequest, _lake_pb2.WritePointsResponse]  # type: ignore[assignment]
-    """Bulk ingest: each message is written as it arrives; the reply counts them all."""
+    """Bulk ingest: the whole stream commits as one transaction when it ends, so a
+    stream that fails stores nothing (at most limits.max_stream_points points; an
+    idle stream is ended after grpc.stream_idle_timeout_s).
+    """
     Query: _aio.UnaryUnaryMultiCallable[_lake_pb2.QueryPointsRequest, _lake_pb2.QueryPointsResponse]  # type: ignore[assignment]
     Aggregate: _aio.UnaryUnaryMultiCallable[_lake_pb2.AggregatePointsRequest, _lake_pb2.AggregatePointsResponse]  # type: ignore[assignment]
 
@@ -131,7 +137,10 @@ class TimeSeriesServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_lake_pb2.WritePointsRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_lake_pb2.WritePointsResponse, _abc.Awaitable[_lake_pb2.WritePointsResponse]]:
-        """Bulk ingest: each message is written as it arrives; the reply counts them all."""
+        """Bulk ingest: the whole stream commits as one transaction when it ends, so a
+        stream that fails stores nothing (at most limits.max_stream_points points; an
+        idle stream is ended after grpc.stream_idle_timeout_s).
+        """
 
     @_abc_1.abstractmethod
     def Query(

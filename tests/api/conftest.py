@@ -58,19 +58,21 @@ def stream_address() -> str:
 
 @asynccontextmanager
 async def running_lake(
-    settings: dict[str, Any],
+    settings: dict[str, Any], **server_options: Any
 ) -> AsyncIterator[tuple[LakeServer, ServiceManager, grpc.aio.Channel]]:
-    """A started manager and gRPC server on 127.0.0.1:0, and a channel to it."""
+    """A started manager and gRPC server on 127.0.0.1:0, and a channel to it.
+
+    ``server_options`` override LakeServer's keyword arguments."""
     container = create_container(settings)
     manager: ServiceManager = await aresolve(container.manager)
     await manager.start()
-    server = LakeServer(
-        manager,
-        address="127.0.0.1:0",
-        interval=0.2,
-        tokens={hash_token(t): tenant for t, tenant in TOKENS.items()},
-        max_deadline=5.0,
-    )
+    options: dict[str, Any] = {
+        "address": "127.0.0.1:0",
+        "interval": 0.2,
+        "tokens": {hash_token(t): tenant for t, tenant in TOKENS.items()},
+        "max_deadline": 5.0,
+    }
+    server = LakeServer(manager, **(options | server_options))
     await server.start()
     await server.serving()
     channel = grpc.aio.insecure_channel(server.address)

@@ -1,0 +1,177 @@
+"""
+No starvation from outside: token-less streams, API floods and huge messages leave
+probes and authenticated calls answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import grpc
+from google.protobuf import json_format
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from lake.v1 import health_pb2 as lake_health_pb2
+from lake.v1 import health_pb2_grpc as lake_health_grpc
+from lake.v1 import lake_pb2, lake_pb2_grpc
+from tests.api.conftest import auth, running_lake
+from tests.api.test_api import NOW, expect, us
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+async def open_watch(channel: grpc.aio.Channel, service: str = ""):
+    """A Watch stream and whether the server admitted it (sent a first status)."""
+    call = health_pb2_grpc.HealthStub(channel).Watch(
+        health_pb2.HealthCheckRequest(service=service)
+    )
+    try:
+        await call.read()
+    except grpc.aio.AioRpcError as exc:
+        code = exc.code()
+    else:
+        return call, True
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    return call, False
+
+
+async def eventually(predicate) -> None:
+    """Wait (bounded) until ``predicate()`` holds."""
+    for _ in range(1000):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    msg = "condition never held"
+    raise AssertionError(msg)
+
+
+async def test_token_less_watch_streams_cannot_starve_probes_or_calls(lake_settings):
+    """500 Watch streams: at most the stream budget is admitted; the rest is not."""
+    async with running_lake(
+        lake_settings, max_concurrent_rpcs=16, max_open_streams=40
+    ) as (server, _, channel):
+        address = server.address
+        # A channel of its own per client: one connection (one peer) each.
+        local = [("grpc.use_local_subchannel_pool", 1)]
+        channels = [
+            grpc.aio.insecure_channel(address, options=local) for _ in range(25)
+        ]
+        try:
+            watches = await asyncio.gather(
+                *(open_watch(ch) for ch in channels for _ in range(20))
+            )
+            admitted = sum(ok for _, ok in watches)
+            assert len(watches) == 500
+            assert 0 < admitted <= 40
+            # Per connection: never more than max_streams_per_peer (8).
+            assert server.admission.streams_by_peer.most_common(1)[0][1] <= 8
+
+            health = health_pb2_grpc.HealthStub(channel)
+            for service in ("", "lake.ready"):
+                reply = await health.Check(
+                    health_pb2.HealthCheckRequest(service=service), timeout=5
+                )
+                assert reply.status == SERVING
+            spatial = lake_pb2_grpc.SpatialStub(channel)
+            found = await spatial.Nearest(
+                lake_pb2.NearestRequest(lon=0.0, lat=0.0, k=3),
+                metadata=auth(),
+                timeout=5,
+            )
+            assert list(found.matches) == []
+            status = await lake_health_grpc.LakeHealthStub(channel).GetStatus(
+                lake_health_pb2.GetStatusRequest(), timeout=5
+            )
+            counts = json_format.MessageToDict(status.status)["admission"]
+            assert counts["open_streams"] == admitted
+            assert counts["refused_streams"] == 500 - admitted
+        finally:
+            for call, _ in watches:
+                call.cancel()
+            for ch in channels:
+                await ch.close(None)
+
+
+async def test_api_calls_beyond_the_budget_are_refused_at_once(lake_settings):
+    """Past max_concurrent_rpcs an API call gets RESOURCE_EXHAUSTED; probes pass."""
+    async with running_lake(lake_settings, max_concurrent_rpcs=2) as (
+        server,
+        _,
+        channel,
+    ):
+        series = lake_pb2_grpc.TimeSeriesStub(channel)
+        hold = asyncio.Event()
+
+        async def quiet():
+            await hold.wait()
+            yield lake_pb2.WritePointsRequest()
+
+        held = [series.WriteStream(quiet(), metadata=auth()) for _ in range(2)]
+        spatial = lake_pb2_grpc.SpatialStub(channel)
+        request = lake_pb2.NearestRequest(lon=0.0, lat=0.0, k=1)
+
+        await eventually(lambda: server.admission.api_calls == 2)
+        details = await expect(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            spatial.Nearest(request, metadata=auth(), timeout=5),
+        )
+        assert "busy" in details
+        reply = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="lake.ready"), timeout=5
+        )
+        assert reply.status == SERVING
+        for call in held:
+            call.cancel()
+        await eventually(lambda: server.admission.api_calls == 0)
+        await spatial.Nearest(request, metadata=auth(), timeout=5)
+
+
+async def test_huge_messages_keep_readiness_and_report_loop_lag(lake_settings):
+    """Ten 250,000-point messages at once: refused, lake.ready SERVING throughout."""
+    async with running_lake(lake_settings) as (_, _, channel):
+        seen: list[int] = []
+        watch = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service="lake.ready")
+        )
+        first = await watch.read()
+        seen.append(first.status)
+
+        async def record() -> None:
+            while True:
+                reply = await watch.read()
+                if reply is grpc.aio.EOF:  # type: ignore[attr-defined]
+                    return
+                seen.append(reply.status)
+
+        recorder = asyncio.create_task(record())
+        n = 250_000
+        start = us(NOW)
+        big = lake_pb2.WritePointsRequest(
+            metric="cpu",
+            timestamps_us=[start + i for i in range(n)],
+            values=[1.0] * n,
+        )
+        assert big.ByteSize() < 4 * 1024 * 1024
+        series = lake_pb2_grpc.TimeSeriesStub(channel)
+        results = await asyncio.gather(
+            *(series.Write(big, metadata=auth(), timeout=30) for _ in range(10)),
+            return_exceptions=True,
+        )
+        codes = {r.code() for r in results if isinstance(r, grpc.aio.AioRpcError)}
+        assert codes == {grpc.StatusCode.INVALID_ARGUMENT}
+        report = await lake_health_grpc.LakeHealthStub(channel).GetHealth(
+            lake_health_pb2.GetHealthRequest(), timeout=5
+        )
+        names = {c.name: c for c in report.components}
+        assert "event_loop" in names
+        assert report.ready
+        recorder.cancel()
+        with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+            await recorder
+        assert seen
+        assert all(s == SERVING for s in seen), seen
+        # The loop's lag is its own, non-critical component: lag never fails
+        # readiness, and never a database check.
+        assert not names["event_loop"].critical
+        assert names["postgres"].status == lake_health_pb2.STATUS_UP
