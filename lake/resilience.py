@@ -7,7 +7,9 @@ call arguments.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -55,10 +57,21 @@ class RetryPolicy:
     ) -> T:
         """
         Call ``fn`` until it succeeds, fails for good, or the bounds run out.
+
+        The first attempt is a plain call: the retry machinery (some 20 us a call)
+        is entered only after a transient failure, for the attempts that remain.
         """
+        try:
+            return await fn()
+        except Exception as exc:
+            if self.attempts <= 1 or not on(exc) or not stamina.is_active():
+                raise
+        if not stamina.is_testing():  # the backoff stamina would have waited first
+            jitter = random.uniform(0, self.wait_initial)  # noqa: S311 -- not crypto
+            await asyncio.sleep(self.wait_initial + jitter)
         async for attempt in stamina.retry_context(
             on=on,
-            attempts=self.attempts,
+            attempts=self.attempts - 1,
             timeout=self.timeout,
             wait_initial=self.wait_initial,
             wait_max=self.wait_max,

@@ -135,8 +135,19 @@ class RedisCache:
             if result is not _RETRY:
                 return result  # type: ignore[no-any-return]
         value = await self._lead(flight, load)
-        self._spawn(self.set(key, tag + encode(value)))
+        # Encoded in the background too: the caller has its answer first.
+        self._spawn(self._store(key, tag, value, encode))
         return value
+
+    async def _store(
+        self, key: str, tag: bytes, value: T, encode: Callable[[T], bytes]
+    ) -> None:
+        try:
+            data = tag + encode(value)
+        except (TypeError, ValueError):  # a value JSON cannot hold: not cached
+            self.errors += 1
+            return
+        await self.set(key, data)
 
     async def _lead(self, flight: str, load: Callable[[], Awaitable[T]]) -> T:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
