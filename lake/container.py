@@ -3,7 +3,8 @@ The composition root: the whole wiring of Lake on one page.
 
 ::
 
-    config ─┬─ pg_pool (Resource) ── database ─┬─ vectors ──┐
+    config ─┬─ pg_pool (Resource) ─┬ database ─┬─ vectors ──┐
+            ├─ versions (Resource) ┘           │            │
             │                                  ├─ series ───┤
             │                                  ├─ spatial ──┤
             │                                  ├─ migrator ─┼─ components ── manager
@@ -30,7 +31,7 @@ from lake.mesh.relay import OutboxRelay
 from lake.models import Limits
 from lake.ports import Components
 from lake.resilience import RetryPolicy
-from lake.resources.postgres import open_pg_pool
+from lake.resources.postgres import open_pg_pool, pg_connector
 from lake.resources.redis import open_redis
 from lake.stores.cache import RedisCache
 from lake.stores.database import Database
@@ -38,6 +39,7 @@ from lake.stores.migrate import Migrator
 from lake.stores.spatial import PgSpatialStore
 from lake.stores.timeseries import PgTimeSeriesStore
 from lake.stores.vector import PgVectorStore
+from lake.stores.versions import open_version_reader
 
 __all__ = [
     "Container",
@@ -117,8 +119,22 @@ class Container(containers.DeclarativeContainer):
         open_mesh, peers=config.mesh.peers, call_timeout=config.mesh.call_timeout
     )
 
+    # Cache versions, read in batches on a connection of their own.
+    versions = providers.Resource(
+        open_version_reader,
+        providers.Callable(
+            pg_connector,
+            dsn=config.postgres.dsn,
+            password=config.postgres.password,
+            connect_timeout=config.postgres.connect_timeout,
+            statement_timeout_ms=config.postgres.statement_timeout_ms,
+        ),
+    )
     database = providers.Singleton(
-        Database, pg_pool, acquire_timeout=config.postgres.acquire_timeout
+        Database,
+        pg_pool,
+        acquire_timeout=config.postgres.acquire_timeout,
+        versions=versions,
     )
     cache = providers.Singleton(
         RedisCache,
@@ -213,7 +229,12 @@ def create_container(settings: dict[str, Any]) -> Container:
     container.config.from_dict(settings, required=True)
     # Per instance: a class-level call is lost, and without it a plain-object
     # override would make init and shutdown synchronous.
-    for resource in (container.pg_pool, container.redis, container.mesh_client):
+    for resource in (
+        container.pg_pool,
+        container.versions,
+        container.redis,
+        container.mesh_client,
+    ):
         resource.enable_async_mode()
     container.components.enable_async_mode()
     return container

@@ -368,11 +368,15 @@ class ServiceManager:
         if route.scope is None or route.codec is None or not c.cache.available:
             return await load()
         scope = route.scope(op)
-        version = c.database.cache_version(op.tenant, scope)
         key = cache_key(op.tenant, scope, op)
         codec = route.codec
         return await c.cache.read_through(
-            key, version, load, codec.encode, codec.decode
+            key,
+            partial(c.database.cache_version, op.tenant, scope),
+            load,
+            codec.encode,
+            codec.decode,
+            route=type(op).__name__,
         )
 
     async def maintain(self) -> object:

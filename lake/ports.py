@@ -81,13 +81,16 @@ class Cache(Pingable, Protocol):
     async def read_through(
         self,
         key: str,
-        version: Awaitable[str],
+        version: Callable[[], Awaitable[str]],
         load: Callable[[], Awaitable[T]],
         encode: Callable[[T], bytes],
         decode: Callable[[bytes], T],
+        *,
+        route: str = "",
     ) -> T:
         """
-        The value of ``key`` cached at ``version``, or ``load()`` once at a time.
+        The value of ``key`` cached at ``version()``, or ``load()`` once at a time;
+        with ``route``, only while caching that route pays.
         """
 
     async def drain(self) -> None:
@@ -95,7 +98,7 @@ class Cache(Pingable, Protocol):
         Finish or cancel background cache writes.
         """
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, Any]:
         """
         Hits, misses and errors so far.
         """

@@ -114,12 +114,14 @@ class FakeCache(FakePingable):
     async def read_through(
         self,
         key: str,
-        version: Awaitable[str],
+        version: Callable[[], Awaitable[str]],
         load: Callable[[], Awaitable[T]],
         encode: Callable[[T], bytes],
         decode: Callable[[bytes], T],
+        *,
+        route: str = "",
     ) -> T:
-        entry = f"{key}@{await version}"
+        entry = f"{key}@{await version()}"
         if entry in self.entries:
             return decode(self.entries[entry])
         self.loads += 1

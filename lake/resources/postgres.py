@@ -5,7 +5,7 @@ The asyncpg pool: opened, proven and closed in one place.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -15,7 +15,7 @@ from pgvector.asyncpg import register_vector
 
 from lake.stores.database import translate_pg_error
 
-__all__ = ["open_pg_pool"]
+__all__ = ["open_pg_pool", "pg_connector"]
 
 log = structlog.get_logger(__name__)
 
@@ -38,6 +38,32 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     ``set_config(..., true)``), so nothing else can outlive a transaction; the
     tenant-isolation tests check that the next user of a connection inherits none.
     """
+
+
+def pg_connector(
+    *,
+    dsn: str,
+    password: str = "",
+    connect_timeout: float = 5.0,
+    statement_timeout_ms: int = 5000,
+) -> Callable[[], Awaitable[Any]]:
+    """
+    A function that opens one connection like the pool's, for a component that
+    keeps a connection of its own (cache versions).
+    """
+
+    async def connect() -> Any:
+        return await asyncpg.connect(
+            dsn=dsn,
+            password=password or None,
+            timeout=connect_timeout,
+            server_settings={
+                "application_name": "lake",
+                "statement_timeout": str(statement_timeout_ms),
+            },
+        )
+
+    return connect
 
 
 @asynccontextmanager

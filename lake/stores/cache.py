@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -22,16 +23,89 @@ import structlog
 
 from lake.errors import StoreUnavailableError
 
-__all__ = ["RedisCache"]
+__all__ = ["RedisCache", "RoutePolicy"]
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
 _RETRY = object()  # the loading caller was cancelled: waiters load for themselves
 
 
+@dataclass(slots=True)
+class RoutePolicy:
+    """
+    Whether caching one kind of read pays, from what it costs and how often it hits.
+
+    With ``h`` the hit ratio, ``L`` what a lookup costs (Redis GET beside the
+    version read) and ``C`` what a load costs, caching saves ``h*C`` and spends
+    ``L`` on every call plus a write-back (about ``L``) on every miss: it pays while
+    ``h*C > L*(2-h)``. Averages move with every call (EWMA); a route that does not
+    pay is served straight from its store, and every ``probe_every``-th call still
+    goes through the cache so that a route that starts to repeat itself is noticed.
+    """
+
+    hit: float = 1.0
+    lookup_us: float = 0.0
+    load_us: float = 0.0
+    calls: int = 0
+    loads: int = 0
+    bypassed: int = 0
+    alpha: float = 0.05
+    warmup: int = 64
+    probe_every: int = 16
+
+    def pays(self) -> bool:
+        """
+        True while caching this route saves more than it costs (or is unmeasured).
+        """
+        if self.calls < self.warmup or self.loads < self.warmup // 4:
+            return True  # not measured yet (a route that always hits never loads)
+        return self.hit * self.load_us > self.lookup_us * (2.0 - self.hit)
+
+    def use_cache(self) -> bool:
+        """
+        Whether this call goes through the cache (always, or as a probe).
+        """
+        self.calls += 1
+        if self.pays() or self.calls % self.probe_every == 0:
+            return True
+        self.bypassed += 1
+        return False
+
+    def looked_up(self, seconds: float, hit: bool) -> None:
+        """
+        Record one lookup's cost and outcome.
+        """
+        a = self.alpha if self.calls > 1 else 1.0
+        self.lookup_us += a * (seconds * 1e6 - self.lookup_us)
+        self.hit += a * ((1.0 if hit else 0.0) - self.hit)
+
+    def loaded(self, seconds: float) -> None:
+        """
+        Record what one load from the store cost.
+        """
+        self.loads += 1
+        if self.loads == 1:
+            self.load_us = seconds * 1e6
+        else:
+            self.load_us += self.alpha * (seconds * 1e6 - self.load_us)
+
+    def stats(self) -> dict[str, float]:
+        """
+        The averages and whether the route is cached now.
+        """
+        return {
+            "hit_ratio": round(self.hit, 3),
+            "lookup_us": round(self.lookup_us, 1),
+            "load_us": round(self.load_us, 1),
+            "cached": int(self.pays()),
+            "bypassed": self.bypassed,
+        }
+
+
 class RedisCache:
     """
-    Bounded-time get and set, read-through with single flight per key.
+    Bounded-time get and set, read-through with single flight per key, used per
+    route only while it pays (``RoutePolicy``).
     """
 
     def __init__(
@@ -55,6 +129,7 @@ class RedisCache:
         self.hits = 0
         self.misses = 0
         self.errors = 0
+        self.routes: dict[str, RoutePolicy] = {}
 
     @property
     def available(self) -> bool:
@@ -105,20 +180,33 @@ class RedisCache:
     async def read_through(
         self,
         key: str,
-        version: Awaitable[str],
+        version: Callable[[], Awaitable[str]],
         load: Callable[[], Awaitable[T]],
         encode: Callable[[T], bytes],
         decode: Callable[[bytes], T],
+        *,
+        route: str = "",
     ) -> T:
         """
-        Return the value of ``key`` cached at ``version``, or load it.
+        Return the value of ``key`` cached at ``version()``, or load it.
 
         The entry stores the version it was loaded at; the lookup and the version
         read run concurrently, and an entry of another version is a miss. One load
         per (key, version) runs at a time; the store back to Redis does not delay
-        the answer.
+        the answer. With a ``route`` name, reads of that route skip the cache while
+        it does not pay (see ``RoutePolicy``).
         """
-        cached, current = await asyncio.gather(self.get(key), version)
+        policy = self.routes.get(route) if route else None
+        if route and policy is None:
+            policy = self.routes[route] = RoutePolicy()
+        if policy is not None and not policy.use_cache():
+            started = time.perf_counter()
+            value = await load()
+            policy.loaded(time.perf_counter() - started)
+            return value
+        started = time.perf_counter()
+        cached, current = await asyncio.gather(self.get(key), version())
+        looked = time.perf_counter() - started
         tag = current.encode() + b"\n"
         if cached is not None and cached.startswith(tag):
             try:
@@ -127,14 +215,21 @@ class RedisCache:
                 self.errors += 1  # unreadable entry: load it again
             else:
                 self.hits += 1
+                if policy is not None:
+                    policy.looked_up(looked, hit=True)
                 return value
         self.misses += 1
+        if policy is not None:
+            policy.looked_up(looked, hit=False)
         flight = f"{key}@{current}"
         while (leader := self._inflight.get(flight)) is not None:
             result = await asyncio.shield(leader)
             if result is not _RETRY:
                 return result  # type: ignore[no-any-return]
+        started = time.perf_counter()
         value = await self._lead(flight, load)
+        if policy is not None:
+            policy.loaded(time.perf_counter() - started)
         # Encoded in the background too: the caller has its answer first.
         self._spawn(self._store(key, tag, value, encode))
         return value
@@ -183,15 +278,17 @@ class RedisCache:
         if late:
             await asyncio.wait(late)
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, Any]:
         """
-        Hits, misses, errors and whether Redis is being skipped right now.
+        Hits, misses, errors, whether Redis is being skipped right now, and each
+        route's policy figures.
         """
         return {
             "hits": self.hits,
             "misses": self.misses,
             "errors": self.errors,
             "skipping": int(not self.available),
+            "routes": {name: p.stats() for name, p in self.routes.items()},
         }
 
     async def ping(self) -> str | None:

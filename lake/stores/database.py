@@ -29,6 +29,7 @@ from lake.errors import (
     StoreUnavailableError,
     ValidationError,
 )
+from lake.stores.versions import VersionReader
 from lake.validation import check_tenant
 
 __all__ = [
@@ -155,8 +156,15 @@ class Database:
     Tenant-scoped transactions, health and metrics over an asyncpg pool.
     """
 
-    def __init__(self, pool: Any, *, acquire_timeout: float = 2.0) -> None:
+    def __init__(
+        self,
+        pool: Any,
+        *,
+        acquire_timeout: float = 2.0,
+        versions: VersionReader | None = None,
+    ) -> None:
         self._pool = pool
+        self._versions = versions
         self._acquire_timeout = acquire_timeout
         self._acquire_timeouts = 0
         self._namespace: str | None = None
@@ -223,14 +231,26 @@ class Database:
         This database's cache namespace and the current generation of ``scope``.
 
         Every write to the scope changes it in the write's own transaction, so a
-        cache entry keyed on it can never outlive the data it was read from.
+        cache entry keyed on it can never outlive the data it was read from. Read
+        in batches on a connection of its own (``stores.versions``), else from the
+        pool.
         """
-        async with self.connection() as conn:
-            try:
-                if self._namespace is None:
+        if self._namespace is None:
+            async with self.connection() as conn:
+                try:
                     self._namespace = await conn.fetchval(
                         "SELECT value FROM lake_meta WHERE key = 'cache_namespace'"
                     )
+                except Exception as exc:
+                    raise translate_pg_error(exc) from None
+        reader = self._versions
+        if reader is not None and reader.usable:
+            # A failed reader logged why; the pool answers this read instead.
+            with contextlib.suppress(Exception):
+                gen = await reader.generation(tenant, scope)
+                return f"{self._namespace}:{gen}"
+        async with self.connection() as conn:
+            try:
                 # One round trip, no transaction: this sits on every cached read.
                 gen = await conn.fetchval(
                     "SELECT gen FROM cache_generations"

@@ -174,7 +174,7 @@ async def test_one_load_per_key_at_a_time(servers):
 
     key = f"lake:test:{time.monotonic_ns()}"
     results = await asyncio.gather(
-        *(cache.read_through(key, version(), load, bytes, list) for _ in range(20))
+        *(cache.read_through(key, version, load, bytes, list) for _ in range(20))
     )
     await client.aclose()
     assert calls == 1
@@ -196,9 +196,9 @@ async def test_a_cancelled_loader_does_not_fail_the_waiters(servers):
         return [7]
 
     key = f"lake:test:{time.monotonic_ns()}"
-    leader = asyncio.create_task(cache.read_through(key, version(), slow, bytes, list))
+    leader = asyncio.create_task(cache.read_through(key, version, slow, bytes, list))
     await asyncio.sleep(0.01)
-    waiter = asyncio.create_task(cache.read_through(key, version(), fast, bytes, list))
+    waiter = asyncio.create_task(cache.read_through(key, version, fast, bytes, list))
     await asyncio.sleep(0.01)
     leader.cancel()
     assert await waiter == [7]

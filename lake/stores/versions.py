@@ -1,0 +1,162 @@
+"""
+Cache versions read in batches on a connection of their own.
+
+Every cached read needs the current generation of its scope (see ``stores.cache``).
+Reading it from the pool cost each read an acquire and a round trip, and took pool
+connections from the queries. Here one dedicated connection answers for everyone:
+readers ask, and one query fetches the generations of every scope asked for since
+the previous query was sent.
+
+Read-your-writes, across instances too: a reader only accepts an answer from a query
+*sent after it asked*. PostgreSQL gives that query a snapshot taken after the ask,
+so every write acknowledged before the read began (its generation changed in its
+own transaction) is seen. A reader that arrives while a query is in flight waits for
+the next one; under load one round trip serves many readers.
+
+(LISTEN/NOTIFY was considered: pushed versions would still need a fence per read
+for cross-instance read-your-writes, a round trip on the listening connection that
+costs what this batched read costs, and a subtler failure mode.)
+
+If the connection fails, readers fall back to the pool (the old path) and the
+connection is opened again by a later read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import structlog
+
+__all__ = ["VersionReader", "open_version_reader"]
+
+log = structlog.get_logger(__name__)
+
+Key = tuple[str, str]
+
+_BATCH = (
+    "SELECT k.t, k.s, coalesce(g.gen, 0)"
+    " FROM unnest($1::text[], $2::text[]) AS k(t, s)"
+    " LEFT JOIN cache_generations g ON g.tenant_id = k.t AND g.scope = k.s"
+)
+
+
+class VersionReader:
+    """
+    Batches generation reads onto one connection.
+
+    Args:
+        connect: opens a new connection (the pool's DSN and settings).
+        retry_after: seconds to wait before opening a failed connection again.
+    """
+
+    def __init__(
+        self, connect: Callable[[], Awaitable[Any]], *, retry_after: float = 1.0
+    ) -> None:
+        self._connect = connect
+        self._retry_after = retry_after
+        self._conn: Any = None
+        self._down_until = float("-inf")
+        self._pending: dict[Key, None] = {}
+        self._next: asyncio.Future[dict[Key, int]] | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._closed = False
+        self.batches = 0
+        self.reads = 0
+
+    @property
+    def usable(self) -> bool:
+        """
+        False while the connection is failed and not yet due to be opened again.
+        """
+        loop = asyncio.get_running_loop()
+        return not self._closed and loop.time() >= self._down_until
+
+    async def generation(self, tenant: str, scope: str) -> int:
+        """
+        The generation of ``scope`` as of a snapshot taken after this call.
+
+        Raises:
+            OSError, asyncpg errors: the connection failed (the caller falls back).
+        """
+        self.reads += 1
+        self._pending[(tenant, scope)] = None
+        if self._next is None:
+            self._next = asyncio.get_running_loop().create_future()
+        future = self._next
+        if self._runner is None or self._runner.done():
+            self._runner = asyncio.create_task(self._run(), name="cache-versions")
+        found = await asyncio.shield(future)
+        return found[(tenant, scope)]
+
+    async def _run(self) -> None:
+        while self._next is not None:
+            future, keys = self._next, list(self._pending)
+            self._next, self._pending = None, {}
+            try:
+                found = await self._query(keys)
+            except Exception as exc:
+                self._fail(exc)
+                future.set_exception(exc)
+                future.exception()  # readers re-raise it; nobody else needs to
+            else:
+                future.set_result(found)
+
+    async def _query(self, keys: list[Key]) -> dict[Key, int]:
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await self._connect()
+        rows = await self._conn.fetch(
+            _BATCH, [t for t, _ in keys], [s for _, s in keys]
+        )
+        self.batches += 1
+        return {(r[0], r[1]): int(r[2]) for r in rows}
+
+    def _fail(self, exc: BaseException) -> None:
+        log.warning("cache_versions_failed", error=type(exc).__name__)
+        self._down_until = asyncio.get_running_loop().time() + self._retry_after
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.terminate()
+
+    async def aclose(self) -> None:
+        """
+        Stop the batches and close the connection; idempotent.
+        """
+        self._closed = True
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._runner
+        if self._next is not None and not self._next.done():
+            self._next.cancel()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                async with asyncio.timeout(2.0):
+                    await conn.close()
+            except (TimeoutError, OSError):
+                conn.terminate()
+
+    def stats(self) -> dict[str, int]:
+        """
+        Reads asked for and queries sent (reads per query = the batching gain).
+        """
+        return {"reads": self.reads, "batches": self.batches}
+
+
+@asynccontextmanager
+async def open_version_reader(
+    connect: Callable[[], Awaitable[Any]],
+) -> AsyncIterator[VersionReader]:
+    """
+    A version reader whose connection opens on first use and closes on exit.
+    """
+    reader = VersionReader(connect)
+    try:
+        yield reader
+    finally:
+        await reader.aclose()

@@ -1,0 +1,81 @@
+"""
+Cache versions read in batches on their own connection: read-your-writes across
+instances, fewer queries than reads, and the pool as a fallback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+from lake.container import aresolve, create_container
+from lake.operations import Point, QueryPoints, WritePoints
+
+T0 = datetime.now(UTC) - timedelta(hours=2)
+
+
+async def started(settings):
+    container = create_container(settings)
+    manager = await aresolve(container.manager)
+    await manager.start()
+    return container, manager
+
+
+def query() -> QueryPoints:
+    return QueryPoints("t1", "cpu", T0, T0 + timedelta(hours=1), limit=10_000)
+
+
+async def test_write_on_one_instance_is_read_on_the_other_at_once(lake_settings):
+    """Every write acknowledged by A is in B's very next (cacheable) read."""
+    (_, a), (cb, b) = await started(lake_settings), await started(lake_settings)
+    try:
+        for i in range(40):
+            writer, reader = (a, b) if i % 2 else (b, a)
+            await reader.coordinate(query())  # cache the current answer
+            ts = T0 + timedelta(seconds=i)
+            await writer.coordinate(WritePoints("t1", "cpu", [Point(ts, float(i))]))
+            page = await reader.coordinate(query())
+            assert len(page.points) == i + 1, f"stale read after write {i}"
+        cache = await cb.cache()
+        assert cache.hits > 0  # the cache served the repeated reads
+        versions = await cb.versions()
+        assert versions.stats()["batches"] > 0
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+async def test_concurrent_reads_share_version_queries(container, manager):
+    """Many reads at once are answered by fewer version queries than reads."""
+    await manager.coordinate(WritePoints("t1", "cpu", [Point(T0, 1.0)]))
+    versions = await container.versions()
+    before = versions.stats()
+    await asyncio.gather(*(manager.coordinate(query()) for _ in range(64)))
+    after = versions.stats()
+    reads = after["reads"] - before["reads"]
+    batches = after["batches"] - before["batches"]
+    assert reads == 64
+    assert batches < reads
+
+
+async def test_a_lost_version_connection_falls_back_to_the_pool(container, manager):
+    """With its connection killed, reads stay fresh and the reader comes back."""
+    await manager.coordinate(WritePoints("t1", "cpu", [Point(T0, 1.0)]))
+    versions = await container.versions()
+    await manager.coordinate(query())
+    versions._conn.terminate()  # the server or the network dropped it
+    await manager.coordinate(WritePoints("t1", "cpu", [Point(T0 + timedelta(1), 2.0)]))
+    page = await manager.coordinate(query())
+    assert [p.value for p in page.points] == [1.0]  # the second point is a day later
+    await manager.coordinate(
+        WritePoints("t1", "cpu", [Point(T0 + timedelta(seconds=1), 3.0)])
+    )
+    page = await manager.coordinate(query())
+    assert [p.value for p in page.points] == [1.0, 3.0]
+    for _ in range(500):  # the reader reopens its connection after retry_after
+        await asyncio.sleep(0.01)
+        if versions.usable:
+            break
+    batches = versions.stats()["batches"]
+    await manager.coordinate(query())
+    assert versions.stats()["batches"] == batches + 1
