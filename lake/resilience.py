@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import stamina
+from stamina.instrumentation import RetryDetails, get_on_retry_hooks
 
 from lake.errors import TransientError
 
@@ -28,6 +29,11 @@ def is_transient(exc: Exception) -> bool:
     True for failures that may pass: Lake's transient errors, timeouts, network errors.
     """
     return isinstance(exc, TransientError | TimeoutError | OSError)
+
+
+def _name(fn: object) -> str:
+    inner = getattr(fn, "func", fn)  # a functools.partial: the function it wraps
+    return str(getattr(inner, "__qualname__", type(inner).__name__))
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,9 +72,24 @@ class RetryPolicy:
         except Exception as exc:
             if self.attempts <= 1 or not on(exc) or not stamina.is_active():
                 raise
-        if not stamina.is_testing():  # the backoff stamina would have waited first
-            jitter = random.uniform(0, self.wait_initial)  # noqa: S311 -- not crypto
-            await asyncio.sleep(self.wait_initial + jitter)
+            first = exc
+        # The backoff stamina would have waited before its first retry, reported
+        # through the same hooks (Lake's logs "retrying").
+        jitter = random.uniform(0, self.wait_initial)  # noqa: S311 -- not crypto
+        wait = 0.0 if stamina.is_testing() else self.wait_initial + jitter
+        details = RetryDetails(
+            name=_name(fn),
+            args=(),
+            kwargs={},
+            retry_num=1,
+            wait_for=wait,
+            waited_so_far=0.0,
+            caused_by=first,
+        )
+        for hook in get_on_retry_hooks():
+            hook(details)
+        if wait:
+            await asyncio.sleep(wait)
         async for attempt in stamina.retry_context(
             on=on,
             attempts=self.attempts - 1,
