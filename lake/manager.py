@@ -140,6 +140,13 @@ class ServiceManager:
         self._routes = ROUTES
 
     @property
+    def limits(self) -> Limits:
+        """
+        The caps every operation is validated against (the API checks counts early).
+        """
+        return self._limits
+
+    @property
     def state(self) -> State:
         """
         The current lifecycle state.

@@ -21,6 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from lake.api.auth import AuthInterceptor
+from lake.api.decode import DecodeGuard
 from lake.api.servicer import SpatialServicer, TimeSeriesServicer, VectorsServicer
 from lake.errors import ConfigError
 from lake.health import HealthReport, Status
@@ -111,7 +112,7 @@ class LakeServer:
             tokens or {}, max_deadline=max_deadline, enabled=auth_enabled
         )
         self._server = grpc.aio.server(
-            interceptors=[auth],
+            interceptors=[auth, DecodeGuard()],
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),

@@ -16,9 +16,10 @@ import grpc
 from lake.api import convert
 from lake.api.auth import current_tenant
 from lake.api.errors import status_of
+from lake.api.fields import request_field
 from lake.errors import ValidationError
 from lake.manager import ServiceManager
-from lake.models import Collection, Point, TextItem, VectorItem
+from lake.models import Collection, Limits, Point, TextItem, VectorItem
 from lake.operations import (
     AggregatePoints,
     CreateCollection,
@@ -45,12 +46,17 @@ Handler = Callable[[Any, Any, Context, str], Awaitable[R]]
 
 
 def _serve(handler: Handler[R]) -> Callable[[Any, Any, Context], Awaitable[R]]:
+    method = handler.__qualname__
+
     @functools.wraps(handler)
     async def rpc(self: Any, request: Any, context: Context) -> R:
         try:
             return await handler(self, request, context, current_tenant())
         except Exception as exc:
-            code, message = status_of(exc, handler.__qualname__)
+            failure = (
+                request_field(method, exc) if isinstance(exc, ValidationError) else exc
+            )
+            code, message = status_of(failure, method)
             await context.abort(code, message)
             raise  # unreachable: abort raises
 
@@ -59,6 +65,12 @@ def _serve(handler: Handler[R]) -> Callable[[Any, Any, Context], Awaitable[R]]:
 
 def _default(value: int, default: int) -> int:
     return value or default
+
+
+def _at_most(count: int, where: str, cap: int) -> None:
+    # Counted on the wire message, before a single entry becomes a Python object.
+    if count > cap:
+        raise ValidationError(where, f"more than {cap} items")
 
 
 class VectorsServicer(lake_pb2_grpc.VectorsServicer):
@@ -89,6 +101,7 @@ class VectorsServicer(lake_pb2_grpc.VectorsServicer):
     async def Upsert(
         self, request: lake_pb2.UpsertVectorsRequest, context: Context, tenant: str
     ) -> lake_pb2.UpsertVectorsResponse:
+        _at_most(len(request.items), "items", self._manager.limits.max_batch)
         items = [
             VectorItem(it.id, list(it.values), convert.from_struct(it.metadata))
             for it in request.items
@@ -102,6 +115,7 @@ class VectorsServicer(lake_pb2_grpc.VectorsServicer):
     async def Search(
         self, request: lake_pb2.SearchVectorsRequest, context: Context, tenant: str
     ) -> lake_pb2.SearchVectorsResponse:
+        _at_most(len(request.vector), "vector", self._manager.limits.max_vector_dim)
         found = await self._manager.coordinate(
             SearchVectors(
                 tenant,
@@ -118,6 +132,7 @@ class VectorsServicer(lake_pb2_grpc.VectorsServicer):
     async def Delete(
         self, request: lake_pb2.DeleteVectorsRequest, context: Context, tenant: str
     ) -> lake_pb2.DeleteVectorsResponse:
+        _at_most(len(request.ids), "ids", self._manager.limits.max_batch)
         n = await self._manager.coordinate(
             DeleteVectors(tenant, request.collection, list(request.ids))
         )
@@ -127,6 +142,7 @@ class VectorsServicer(lake_pb2_grpc.VectorsServicer):
     async def UpsertTexts(
         self, request: lake_pb2.UpsertTextsRequest, context: Context, tenant: str
     ) -> lake_pb2.UpsertVectorsResponse:
+        _at_most(len(request.items), "items", self._manager.limits.max_batch)
         items = [
             TextItem(it.id, it.text, convert.from_struct(it.metadata))
             for it in request.items
@@ -152,7 +168,8 @@ class VectorsServicer(lake_pb2_grpc.VectorsServicer):
         return convert.matches_out(found)
 
 
-def _points(request: lake_pb2.WritePointsRequest) -> list[Point]:
+def _points(request: lake_pb2.WritePointsRequest, limits: Limits) -> list[Point]:
+    _at_most(len(request.timestamps_us), "timestamps_us", limits.max_batch)
     if len(request.timestamps_us) != len(request.values):
         raise ValidationError("values", "must be as many as timestamps_us")
     stamps = convert.us_to_datetimes(request.timestamps_us, "timestamps_us")
@@ -168,7 +185,8 @@ class TimeSeriesServicer(lake_pb2_grpc.TimeSeriesServicer):
         self._manager = manager
 
     async def _write(self, tenant: str, request: lake_pb2.WritePointsRequest) -> int:
-        op = WritePoints(tenant, request.metric, _points(request), dict(request.tags))
+        points = _points(request, self._manager.limits)
+        op = WritePoints(tenant, request.metric, points, dict(request.tags))
         return await self._manager.coordinate(op)
 
     @_serve
@@ -213,15 +231,13 @@ class TimeSeriesServicer(lake_pb2_grpc.TimeSeriesServicer):
         fn = convert.AGGREGATES.get(request.aggregate)
         if fn is None:
             raise ValidationError("aggregate", "must name a function (AVG, MIN, ...)")
-        if not request.HasField("bucket"):
-            raise ValidationError("bucket", "is required")
         buckets = await self._manager.coordinate(
             AggregatePoints(
                 tenant,
                 request.metric,
                 convert.required_time(request, "start"),
                 convert.required_time(request, "end"),
-                request.bucket.ToTimedelta(),
+                convert.required_duration(request, "bucket"),
                 fn,
                 dict(request.tags),
             )
@@ -241,6 +257,7 @@ class SpatialServicer(lake_pb2_grpc.SpatialServicer):
     async def Upsert(
         self, request: lake_pb2.UpsertFeaturesRequest, context: Context, tenant: str
     ) -> lake_pb2.UpsertFeaturesResponse:
+        _at_most(len(request.features), "features", self._manager.limits.max_batch)
         features = [convert.feature_in(f) for f in request.features]
         n = await self._manager.coordinate(UpsertFeatures(tenant, features))
         return lake_pb2.UpsertFeaturesResponse(upserted=n)
@@ -289,6 +306,8 @@ class SpatialServicer(lake_pb2_grpc.SpatialServicer):
     async def InPolygon(
         self, request: lake_pb2.InPolygonRequest, context: Context, tenant: str
     ) -> lake_pb2.FeaturesResponse:
+        cap = self._manager.limits.max_polygon_vertices
+        _at_most(len(request.lons), "lons", cap)
         if len(request.lons) != len(request.lats):
             raise ValidationError("lats", "must be as many as lons")
         ring = list(zip(request.lons, request.lats, strict=True))
