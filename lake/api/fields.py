@@ -39,6 +39,10 @@ RENAMES: Mapping[str, Sequence[Rule]] = {
         (r"collection\.metric", "metric"),
     ),
     "VectorsServicer.Upsert": _rules((r"items\[(\d+)\]\.vector", r"items[\1].values")),
+    # The embedding's dimension against the collection's: the collection is the
+    # request's only handle on it.
+    "VectorsServicer.UpsertTexts": _rules((r"items\[(\d+)\]\.vector", "collection")),
+    "VectorsServicer.SearchText": _rules((r"vector", "collection")),
     "TimeSeriesServicer.Write": _POINTS,
     "TimeSeriesServicer.WriteStream": _POINTS,
     "TimeSeriesServicer.Aggregate": _rules((r"fn", "aggregate")),
