@@ -81,6 +81,8 @@ def _translated(exc: BaseException) -> LakeError:
         return StoreError("database does not exist")
     if state.startswith("23"):
         return ConflictError("write conflicts with stored data")
+    if state == "22003":  # numeric_value_out_of_range: a sum or average overflowed
+        return ValidationError("request", "a number overflows what the database holds")
     if state.startswith("22"):
         return ValidationError(
             "request", "a value is out of the range the database accepts"

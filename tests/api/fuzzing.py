@@ -25,6 +25,9 @@ HOSTILE_FLOATS = [
     5e-324,
     -5e-324,
     1e-310,
+    1e-40,  # subnormal as a float32 (vector values)
+    1.4e-45,
+    3.4028235e38,
     2.2250738585072014e-308,
     1e-300,
     1e308,

@@ -6,6 +6,7 @@ the field names a client must be able to act on, over a real server.
 from __future__ import annotations
 
 import random
+from datetime import timedelta
 
 import grpc
 import pytest
@@ -95,7 +96,7 @@ async def test_bucket_beyond_any_duration_is_invalid(api, seconds):
             lake_pb2.AggregatePointsRequest(
                 metric="cpu",
                 start=stamp(NOW),
-                end=stamp(NOW.replace(minute=59)),
+                end=stamp(NOW + timedelta(minutes=30)),
                 bucket=duration_pb2.Duration(seconds=seconds),
                 aggregate=lake_pb2.AGGREGATE_AVG,
             ),
@@ -307,3 +308,30 @@ async def test_an_oversized_batch_is_refused_before_conversion(api, monkeypatch)
     )
     assert details == "timestamps_us: more than 10000 items"
     assert converted == []
+
+
+async def test_an_aggregate_that_overflows_is_invalid_argument(api):
+    """SUM over two points of 1e308: INVALID_ARGUMENT, the SQLSTATE in the log."""
+    await api.series.Write(
+        lake_pb2.WritePointsRequest(
+            metric="big", timestamps_us=[us(NOW), us(NOW) + 1], values=[1e308, 1e308]
+        ),
+        metadata=auth(),
+    )
+    with capture_logs() as logs:
+        details = await expect(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            api.series.Aggregate(
+                lake_pb2.AggregatePointsRequest(
+                    metric="big",
+                    start=stamp(NOW),
+                    end=stamp(NOW + timedelta(minutes=30)),
+                    bucket=duration_pb2.Duration(seconds=3600),
+                    aggregate=lake_pb2.AGGREGATE_SUM,
+                ),
+                metadata=auth(),
+            ),
+        )
+    assert details == "request: a number overflows what the database holds"
+    refused = [e for e in logs if e["event"] == "rpc_refused"]
+    assert refused[0]["detail"].startswith("sqlstate 22003 (")

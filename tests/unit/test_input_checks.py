@@ -168,3 +168,12 @@ def test_a_tag_cap_past_the_btree_row_is_a_config_error(monkeypatch):
     monkeypatch.setenv("LAKE_LIMITS__MAX_TAGS_BYTES", "5000")
     with pytest.raises(ConfigError, match="max_tags_bytes"):
         load_settings("testing")
+
+
+def test_an_overflowing_number_is_invalid_argument():
+    """SQLSTATE 22003 (a sum beyond float8) is INVALID_ARGUMENT, its state logged."""
+    exc = asyncpg.exceptions.NumericValueOutOfRangeError("value out of range")
+    error = translate_pg_error(exc)
+    assert isinstance(error, ValidationError)
+    assert str(error) == "request: a number overflows what the database holds"
+    assert error.detail == "sqlstate 22003 (NumericValueOutOfRangeError)"
