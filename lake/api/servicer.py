@@ -67,10 +67,10 @@ def _default(value: int, default: int) -> int:
     return value or default
 
 
-def _at_most(count: int, where: str, cap: int) -> None:
+def _at_most(count: int, where: str, cap: int, unit: str = "items") -> None:
     # Counted on the wire message, before a single entry becomes a Python object.
     if count > cap:
-        raise ValidationError(where, f"more than {cap} items")
+        raise ValidationError(where, f"more than {cap} {unit}")
 
 
 class VectorsServicer(lake_pb2_grpc.VectorsServicer):
@@ -115,7 +115,8 @@ class VectorsServicer(lake_pb2_grpc.VectorsServicer):
     async def Search(
         self, request: lake_pb2.SearchVectorsRequest, context: Context, tenant: str
     ) -> lake_pb2.SearchVectorsResponse:
-        _at_most(len(request.vector), "vector", self._manager.limits.max_vector_dim)
+        dims = self._manager.limits.max_vector_dim
+        _at_most(len(request.vector), "vector", dims, "dimensions")
         found = await self._manager.coordinate(
             SearchVectors(
                 tenant,
@@ -307,7 +308,7 @@ class SpatialServicer(lake_pb2_grpc.SpatialServicer):
         self, request: lake_pb2.InPolygonRequest, context: Context, tenant: str
     ) -> lake_pb2.FeaturesResponse:
         cap = self._manager.limits.max_polygon_vertices
-        _at_most(len(request.lons), "lons", cap)
+        _at_most(len(request.lons), "lons", cap, "vertices")
         if len(request.lons) != len(request.lats):
             raise ValidationError("lats", "must be as many as lons")
         ring = list(zip(request.lons, request.lats, strict=True))
