@@ -68,7 +68,8 @@ def _guard(handler: Any, method: str) -> Any:
         try:
             return inner(body)
         except Exception:
-            log.info("request_undecodable", method=method, size=len(body))
+            # Debug only: this runs before authentication, so anyone could flood it.
+            log.debug("request_undecodable", method=method, size=len(body))
             return _UNDECODABLE
 
     changes: dict[str, Any] = {"request_deserializer": deserialize}
