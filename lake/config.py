@@ -105,6 +105,16 @@ def _validators(profile: str) -> list[Validator]:
             gte=1,
         ),
         Validator("startup.attempts", "operations.attempts", is_type_of=int, gte=1),
+        Validator(
+            "limits.max_tags",
+            "limits.max_tags_bytes",
+            "limits.max_json_keys",
+            "limits.max_json_depth",
+            is_type_of=int,
+            gte=1,
+        ),
+        # Past ~2.7 kB PostgreSQL refuses a series' btree row; keep well below.
+        Validator("limits.max_tags_bytes", lte=2048),
         Validator("postgres.command_timeout", is_type_of=(int, float), gte=0),
         Validator("operations.timeout", is_type_of=(int, float), gt=0),
         Validator("redis.retries", is_type_of=int, gte=0),

@@ -198,6 +198,10 @@ class Container(containers.DeclarativeContainer):
             max_ef_search=config.limits.max_ef_search,
             max_text_chars=config.limits.max_text_chars,
             max_stream_points=config.limits.max_stream_points,
+            max_tags=config.limits.max_tags,
+            max_tags_bytes=config.limits.max_tags_bytes,
+            max_json_keys=config.limits.max_json_keys,
+            max_json_depth=config.limits.max_json_depth,
         ),
         startup=providers.Factory(
             RetryPolicy,

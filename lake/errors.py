@@ -7,6 +7,7 @@ One error tree for every deliberate failure in Lake.
     ├─ ConfigError(LakeError, ValueError)       bad or missing settings; start-up only
     ├─ LifecycleError(LakeError)                used out of turn (before start, ...)
     ├─ ValidationError(LakeError, ValueError)   bad operation input; names the field
+    │  └─ UndecodableRequestError               a request body that is not the message
     ├─ DeadlineExceededError(LakeError)         the caller's time ran out
     ├─ StoreError(LakeError)
     │  ├─ NotFoundError                         the named thing does not exist
@@ -20,10 +21,14 @@ One error tree for every deliberate failure in Lake.
 
 Stores, resources and the mesh translate driver errors at their boundary, so the manager
 and the API only ever see ``LakeError``. Messages never carry SQL, driver names or
-secrets.
+secrets. A ``LakeError`` may carry a ``detail`` for the operator's log line only (the
+SQLSTATE of a refused statement, say): never SQL text, parameter values or secrets,
+and never sent to a client.
 """
 
 from __future__ import annotations
+
+from typing import Self
 
 __all__ = [
     "ConfigError",
@@ -38,6 +43,7 @@ __all__ = [
     "StoreError",
     "StoreUnavailableError",
     "TransientError",
+    "UndecodableRequestError",
     "UnsupportedError",
     "ValidationError",
 ]
@@ -47,6 +53,16 @@ class LakeError(Exception):
     """
     Base of every deliberate failure raised by Lake.
     """
+
+    # A safe note for the operator's log line (never the client's message).
+    detail: str = ""
+
+    def with_detail(self, detail: str) -> Self:
+        """
+        This error, carrying ``detail`` for the operator's log line.
+        """
+        self.detail = detail
+        return self
 
 
 class ConfigError(LakeError, ValueError):
@@ -70,6 +86,21 @@ class ValidationError(LakeError, ValueError):
         self.field = field
         self.problem = problem
         super().__init__(f"{field}: {problem}")
+
+    def renamed(self, field: str) -> ValidationError:
+        """
+        The same problem reported against ``field`` (a request's spelling of it).
+        """
+        return ValidationError(field, self.problem).with_detail(self.detail)
+
+
+class UndecodableRequestError(ValidationError):
+    """
+    A request body that does not decode as its message; says nothing of the parser.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("request", "body could not be decoded")
 
 
 class DeadlineExceededError(LakeError):

@@ -148,7 +148,7 @@ class ServiceManager:
     @property
     def limits(self) -> Limits:
         """
-        The caps operations are validated against.
+        The caps every operation is validated against (the API checks counts early).
         """
         return self._limits
 

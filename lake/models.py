@@ -51,6 +51,14 @@ class Limits:
     max_text_chars: int = 8192
     # Points one client stream may write; it commits as one transaction.
     max_stream_points: int = 100_000
+    # A series' tags live in a btree row that PostgreSQL caps at ~2.7 kB: 16 tags
+    # of at most 1 KiB of names and values (UTF-8) keep it under half of that.
+    max_tags: int = 16
+    max_tags_bytes: int = 1024
+    # Metadata, properties and filters (JSON objects): keys counted at every level,
+    # and how deep objects and lists may nest.
+    max_json_keys: int = 256
+    max_json_depth: int = 8
 
 
 @dataclass(frozen=True, slots=True)

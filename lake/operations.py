@@ -35,6 +35,7 @@ from lake.validation import (
     check_limit,
     check_lon_lat,
     check_name,
+    check_normal,
     check_range,
     check_ring,
     check_tags,
@@ -102,7 +103,7 @@ class UpsertVectors:
                     f"has {len(item.vector)} dimensions, not {dim}",
                 )
             dim = len(item.vector)
-            check_json(item.metadata, f"items[{i}].metadata")
+            check_json(item.metadata, f"items[{i}].metadata", limits)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +128,7 @@ class SearchVectors:
         check_name(self.collection, "collection")
         check_vector(self.vector, "vector", limits)
         check_limit(self.k, "k", limits.max_top_k)
-        check_json(self.where, "where")
+        check_json(self.where, "where", limits)
         if self.ef_search is not None:
             check_limit(self.ef_search, "ef_search", limits.max_ef_search)
 
@@ -149,7 +150,7 @@ class WritePoints:
         """
         check_tenant(self.tenant)
         check_name(self.metric, "metric")
-        check_tags(self.tags)
+        check_tags(self.tags, limits)
         check_batch(self.points, "points", limits)
         if points_plainly_valid(self.points):
             return
@@ -179,7 +180,7 @@ class QueryPoints:
         """
         check_tenant(self.tenant)
         check_name(self.metric, "metric")
-        check_tags(self.tags)
+        check_tags(self.tags, limits)
         check_range(self.start, self.end, limits)
         check_limit(self.limit, "limit", limits.max_range_points)
         if self.cursor is not None and not isinstance(self.cursor, str):
@@ -204,7 +205,7 @@ class UpsertFeatures:
         check_unique_ids([x.id for x in self.features], "features")
         for i, feature in enumerate(self.features):
             check_lon_lat(feature.lon, feature.lat, f"features[{i}].")
-            check_json(feature.properties, f"features[{i}].properties")
+            check_json(feature.properties, f"features[{i}].properties", limits)
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,7 +226,7 @@ class FeaturesNearby:
         """
         check_tenant(self.tenant)
         check_lon_lat(self.lon, self.lat, "")
-        check_finite(self.radius_m, "radius_m")
+        check_normal(self.radius_m, "radius_m")
         if not 0 < self.radius_m <= limits.max_radius_m:
             raise ValidationError("radius_m", f"must lie in (0, {limits.max_radius_m}]")
         check_limit(self.limit, "limit", limits.max_top_k)
@@ -292,7 +293,7 @@ class AggregatePoints:
         """
         check_tenant(self.tenant)
         check_name(self.metric, "metric")
-        check_tags(self.tags)
+        check_tags(self.tags, limits)
         check_range(self.start, self.end, limits)
         check_bucket(self.bucket, self.end - self.start, limits)
         if self.fn not in AGGREGATES:
@@ -385,7 +386,7 @@ class UpsertTexts:
         check_unique_ids([x.id for x in self.items], "items")
         for i, item in enumerate(self.items):
             check_text(item.text, f"items[{i}].text", limits)
-            check_json(item.metadata, f"items[{i}].metadata")
+            check_json(item.metadata, f"items[{i}].metadata", limits)
 
 
 @dataclass(frozen=True, slots=True)
@@ -408,7 +409,7 @@ class SearchText:
         check_name(self.collection, "collection")
         check_text(self.text, "text", limits)
         check_limit(self.k, "k", limits.max_top_k)
-        check_json(self.where, "where")
+        check_json(self.where, "where", limits)
 
 
 @dataclass(frozen=True, slots=True)

@@ -94,7 +94,8 @@ class RetryPolicy:
             on=on,
             attempts=self.attempts - 1,
             timeout=self.timeout,
-            wait_initial=self.wait_initial,
+            # The ladder goes on where the first wait left it (exponential base 2).
+            wait_initial=self.wait_initial * 2,
             wait_max=self.wait_max,
             wait_jitter=self.wait_initial,
         ):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 
@@ -17,12 +18,14 @@ from lake.models import Limits, Point
 __all__ = [
     "check_batch",
     "check_bucket",
+    "check_coordinate",
     "check_finite",
     "check_id",
     "check_json",
     "check_limit",
     "check_lon_lat",
     "check_name",
+    "check_normal",
     "check_range",
     "check_ring",
     "check_tags",
@@ -74,9 +77,15 @@ def check_unique_ids(ids: Sequence[object], where: str) -> None:
         seen.add(item_id)
 
 
-def check_json(value: object, where: str) -> None:
+def check_json(value: object, where: str, limits: Limits) -> None:
+    """
+    A JSON object of finite numbers, without NUL, within the size, key and depth caps.
+    """
     if not isinstance(value, Mapping):
         raise ValidationError(where, "must be a JSON object")
+    keys = _json_keys(value, where, limits.max_json_depth)
+    if keys > limits.max_json_keys:
+        raise ValidationError(where, f"more than {limits.max_json_keys} keys")
     try:
         text = json.dumps(value, allow_nan=False)
     except (TypeError, ValueError):
@@ -85,6 +94,18 @@ def check_json(value: object, where: str) -> None:
         raise ValidationError(where, "contains a NUL character")
     if len(text) > _MAX_JSON_BYTES:
         raise ValidationError(where, f"larger than {_MAX_JSON_BYTES} bytes as JSON")
+
+
+def _json_keys(value: object, where: str, depth: int) -> int:
+    # Keys at every level; refuses nesting deeper than ``depth`` before json.dumps
+    # would recurse through it.
+    if not isinstance(value, Mapping | list | tuple):
+        return 0
+    if depth <= 0:
+        raise ValidationError(where, "nests objects or lists too deeply")
+    inner = value.values() if isinstance(value, Mapping) else value
+    own = len(value) if isinstance(value, Mapping) else 0
+    return own + sum(_json_keys(v, where, depth - 1) for v in inner)
 
 
 def check_finite(value: object, where: str) -> None:
@@ -127,14 +148,29 @@ def check_lon_lat(
     lon_name: str = "lon",
     lat_name: str = "lat",
 ) -> None:
-    check_finite(lon, f"{where}{lon_name}")
-    check_finite(lat, f"{where}{lat_name}")
-    assert isinstance(lon, int | float)  # noqa: S101 -- narrowed by _check_finite
-    assert isinstance(lat, int | float)  # noqa: S101
-    if not -180.0 <= lon <= 180.0:
-        raise ValidationError(f"{where}{lon_name}", "must lie in [-180, 180]")
-    if not -90.0 <= lat <= 90.0:
-        raise ValidationError(f"{where}{lat_name}", "must lie in [-90, 90]")
+    check_coordinate(lon, f"{where}{lon_name}", 180.0)
+    check_coordinate(lat, f"{where}{lat_name}", 90.0)
+
+
+def check_coordinate(value: object, where: str, bound: float) -> None:
+    """
+    A finite, normal (or zero) number in ``[-bound, bound]``.
+    """
+    check_normal(value, where)
+    assert isinstance(value, int | float)  # noqa: S101 -- narrowed by check_normal
+    if not -bound <= value <= bound:
+        raise ValidationError(where, f"must lie in [{-bound:g}, {bound:g}]")
+
+
+def check_normal(value: object, where: str) -> None:
+    """
+    A finite number that is zero or normal: the database's trigonometry underflows
+    on subnormal ones (5e-324) and refuses the statement.
+    """
+    check_finite(value, where)
+    assert isinstance(value, int | float)  # noqa: S101 -- narrowed by check_finite
+    if value != 0 and abs(value) < sys.float_info.min:
+        raise ValidationError(where, "is too close to zero (subnormal): use 0")
 
 
 def check_limit(value: object, where: str, cap: int) -> None:
@@ -200,13 +236,24 @@ def check_ring(ring: object, limits: Limits) -> None:
         raise ValidationError("ring", "must be closed: last vertex equals first")
 
 
-def check_tags(tags: object) -> None:
+def check_tags(tags: object, limits: Limits) -> None:
+    """
+    Tag names and short string values, within the count and size caps (a series'
+    tags are one btree row, which PostgreSQL caps at ~2.7 kB).
+    """
     if not isinstance(tags, Mapping):
         raise ValidationError("tags", "must be a mapping of names to strings")
+    if len(tags) > limits.max_tags:
+        raise ValidationError("tags", f"more than {limits.max_tags} tags")
+    size = 0
     for key, value in tags.items():
         check_name(key, "tags")
         if not isinstance(value, str) or "\x00" in value or len(value) > _MAX_ID_CHARS:
             raise ValidationError(f"tags.{key}", "must be a short string without NUL")
+        size += len(key) + len(value.encode("utf-8", "surrogatepass"))
+    if size > limits.max_tags_bytes:
+        msg = f"more than {limits.max_tags_bytes} bytes of names and values (UTF-8)"
+        raise ValidationError("tags", msg)
 
 
 def check_text(text: object, where: str, limits: Limits) -> None:

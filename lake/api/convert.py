@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 
 from lake.errors import ValidationError
 from lake.models import Bucket, Feature, FeatureMatch, PointPage, VectorMatch
@@ -25,6 +25,7 @@ __all__ = [
     "from_struct",
     "matches_out",
     "page_out",
+    "required_duration",
     "required_time",
     "to_struct",
     "us_to_datetimes",
@@ -50,8 +51,22 @@ AGGREGATES = {
 def from_struct(value: struct_pb2.Struct) -> dict[str, Any]:
     """
     A Struct as a plain dict (numbers come back as floats, as JSON has them).
+
+    Written out rather than ``json_format.MessageToDict``, which raises on NaN and
+    infinity: here they pass through, and the operation's check names the field.
     """
-    return json_format.MessageToDict(value)
+    return {key: _plain(item) for key, item in value.fields.items()}
+
+
+def _plain(value: struct_pb2.Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "struct_value":
+        return from_struct(value.struct_value)
+    if kind == "list_value":
+        return [_plain(item) for item in value.list_value.values]
+    if kind is None or kind == "null_value":
+        return None
+    return getattr(value, kind)
 
 
 def to_struct(value: Mapping[str, Any]) -> struct_pb2.Struct:
@@ -72,6 +87,20 @@ def required_time(message: Any, field: str) -> datetime:
     stamp: timestamp_pb2.Timestamp = getattr(message, field)
     try:
         return stamp.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise ValidationError(field, "is out of range") from None
+
+
+def required_duration(message: Any, field: str) -> timedelta:
+    """
+    A Duration field as a timedelta; unset or beyond timedelta's range is a
+    validation error.
+    """
+    if not message.HasField(field):
+        raise ValidationError(field, "is required")
+    duration: duration_pb2.Duration = getattr(message, field)
+    try:
+        return duration.ToTimedelta()
     except (ValueError, OverflowError):
         raise ValidationError(field, "is out of range") from None
 

@@ -20,7 +20,6 @@ from lake.errors import (
     LifecycleError,
     NotFoundError,
     ResourceExhaustedError,
-    StoreError,
     TransientError,
     UnsupportedError,
     ValidationError,
@@ -46,13 +45,26 @@ _CODES: list[tuple[type[LakeError], grpc.StatusCode]] = [
 def status_of(exc: BaseException, method: str = "") -> tuple[grpc.StatusCode, str]:
     """
     The status and client-safe message for ``exc``.
+
+    An error carrying a ``detail`` (the SQLSTATE of a statement the database refused,
+    say) is logged with it, so the operator can tell what the server refused.
     """
     for kind, code in _CODES:
         if isinstance(exc, kind):
+            if exc.detail:
+                log.warning(
+                    "rpc_refused", method=method, reason=str(exc), detail=exc.detail
+                )
             return code, str(exc)
     error_id = uuid.uuid4().hex[:12]
-    if isinstance(exc, StoreError | LakeError):
-        log.error("rpc_failed", method=method, error_id=error_id, reason=str(exc))
+    if isinstance(exc, LakeError):
+        log.error(
+            "rpc_failed",
+            method=method,
+            error_id=error_id,
+            reason=str(exc),
+            detail=exc.detail,
+        )
     else:
         log.error("rpc_crashed", method=method, error_id=error_id, exc_info=exc)
     return grpc.StatusCode.INTERNAL, f"internal error (error id {error_id})"

@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 
 from lake.api.admission import Admission, AdmissionInterceptor
 from lake.api.auth import AuthInterceptor
+from lake.api.decode import DecodeGuard
 from lake.api.servicer import SpatialServicer, TimeSeriesServicer, VectorsServicer
 from lake.errors import ConfigError
 from lake.health import HealthReport, Status
@@ -125,7 +126,7 @@ class LakeServer:
         )
         self._server = grpc.aio.server(
             # Admission first: a call refused for want of a slot costs nothing more.
-            interceptors=[AdmissionInterceptor(self.admission), auth],
+            interceptors=[AdmissionInterceptor(self.admission), auth, DecodeGuard()],
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),

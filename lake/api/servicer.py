@@ -18,9 +18,10 @@ from lake import deadline
 from lake.api import convert
 from lake.api.auth import current_tenant
 from lake.api.errors import status_of
+from lake.api.fields import request_field
 from lake.errors import DeadlineExceededError, ValidationError
 from lake.manager import ServiceManager
-from lake.models import Collection, Point, TextItem, VectorItem
+from lake.models import Collection, Limits, Point, TextItem, VectorItem
 from lake.operations import (
     AggregatePoints,
     CreateCollection,
@@ -48,12 +49,17 @@ Handler = Callable[[Any, Any, Context, str], Awaitable[R]]
 
 
 def _serve(handler: Handler[R]) -> Callable[[Any, Any, Context], Awaitable[R]]:
+    method = handler.__qualname__
+
     @functools.wraps(handler)
     async def rpc(self: Any, request: Any, context: Context) -> R:
         try:
             return await handler(self, request, context, current_tenant())
         except Exception as exc:
-            code, message = status_of(exc, handler.__qualname__)
+            failure = (
+                request_field(method, exc) if isinstance(exc, ValidationError) else exc
+            )
+            code, message = status_of(failure, method)
             await context.abort(code, message)
             raise  # unreachable: abort raises
 
@@ -62,6 +68,12 @@ def _serve(handler: Handler[R]) -> Callable[[Any, Any, Context], Awaitable[R]]:
 
 def _default(value: int, default: int) -> int:
     return value or default
+
+
+def _at_most(count: int, where: str, cap: int, unit: str = "items") -> None:
+    # Counted on the wire message, before a single entry becomes a Python object.
+    if count > cap:
+        raise ValidationError(where, f"more than {cap} {unit}")
 
 
 class VectorsServicer(lake_pb2_grpc.VectorsServicer):
@@ -92,6 +104,7 @@ class VectorsServicer(lake_pb2_grpc.VectorsServicer):
     async def Upsert(
         self, request: lake_pb2.UpsertVectorsRequest, context: Context, tenant: str
     ) -> lake_pb2.UpsertVectorsResponse:
+        _at_most(len(request.items), "items", self._manager.limits.max_batch)
         items = [
             VectorItem(it.id, list(it.values), convert.from_struct(it.metadata))
             for it in request.items
@@ -105,6 +118,8 @@ class VectorsServicer(lake_pb2_grpc.VectorsServicer):
     async def Search(
         self, request: lake_pb2.SearchVectorsRequest, context: Context, tenant: str
     ) -> lake_pb2.SearchVectorsResponse:
+        dims = self._manager.limits.max_vector_dim
+        _at_most(len(request.vector), "vector", dims, "dimensions")
         found = await self._manager.coordinate(
             SearchVectors(
                 tenant,
@@ -121,6 +136,7 @@ class VectorsServicer(lake_pb2_grpc.VectorsServicer):
     async def Delete(
         self, request: lake_pb2.DeleteVectorsRequest, context: Context, tenant: str
     ) -> lake_pb2.DeleteVectorsResponse:
+        _at_most(len(request.ids), "ids", self._manager.limits.max_batch)
         n = await self._manager.coordinate(
             DeleteVectors(tenant, request.collection, list(request.ids))
         )
@@ -130,6 +146,7 @@ class VectorsServicer(lake_pb2_grpc.VectorsServicer):
     async def UpsertTexts(
         self, request: lake_pb2.UpsertTextsRequest, context: Context, tenant: str
     ) -> lake_pb2.UpsertVectorsResponse:
+        _at_most(len(request.items), "items", self._manager.limits.max_batch)
         items = [
             TextItem(it.id, it.text, convert.from_struct(it.metadata))
             for it in request.items
@@ -155,11 +172,21 @@ class VectorsServicer(lake_pb2_grpc.VectorsServicer):
         return convert.matches_out(found)
 
 
-def _points(request: lake_pb2.WritePointsRequest) -> list[Point]:
+def _points(request: lake_pb2.WritePointsRequest, limits: Limits) -> list[Point]:
+    _at_most(len(request.timestamps_us), "timestamps_us", limits.max_batch)
     if len(request.timestamps_us) != len(request.values):
         raise ValidationError("values", "must be as many as timestamps_us")
     stamps = convert.us_to_datetimes(request.timestamps_us, "timestamps_us")
     return [Point(ts, v) for ts, v in zip(stamps, request.values, strict=True)]
+
+
+def _message_field(field: str, messages: int) -> str:
+    # WritePointsMany names writes[i]; a stream's client knows them as messages.
+    if field.startswith("writes["):
+        return field.replace("writes[", "messages[", 1)
+    if messages == 1 and not field.startswith("messages"):
+        return f"messages[0].{field}"
+    return field
 
 
 class TimeSeriesServicer(lake_pb2_grpc.TimeSeriesServicer):
@@ -179,12 +206,10 @@ class TimeSeriesServicer(lake_pb2_grpc.TimeSeriesServicer):
         self._idle = stream_idle_timeout
 
     def _op(self, tenant: str, request: lake_pb2.WritePointsRequest) -> WritePoints:
-        # Count before converting: a 250,000-point message is refused in
-        # microseconds instead of blocking the loop while it is converted.
-        cap = self._manager.limits.max_batch
-        if len(request.timestamps_us) > cap:
-            raise ValidationError("timestamps_us", f"more than {cap} points")
-        return WritePoints(tenant, request.metric, _points(request), dict(request.tags))
+        # Counts are checked before converting (in _points): a 250,000-point message
+        # is refused in microseconds instead of blocking the loop.
+        points = _points(request, self._manager.limits)
+        return WritePoints(tenant, request.metric, points, dict(request.tags))
 
     @_serve
     async def Write(
@@ -211,8 +236,13 @@ class TimeSeriesServicer(lake_pb2_grpc.TimeSeriesServicer):
         try:
             stored = await self._manager.coordinate(WritePointsMany(tenant, writes))
         except ValidationError as exc:
-            field = exc.field.replace("writes[", "messages[", 1)
-            raise ValidationError(field, exc.problem) from None
+            if exc.field.startswith("writes["):
+                raise exc.renamed(
+                    exc.field.replace("writes[", "messages[", 1)
+                ) from None
+            if len(writes) == 1 and not exc.field.startswith("messages"):
+                raise exc.renamed(f"messages[0].{exc.field}") from None
+            raise
         total = sum(len(w.points) for w in writes)
         return lake_pb2.WritePointsResponse(written=stored, duplicates=total - stored)
 
@@ -240,7 +270,7 @@ class TimeSeriesServicer(lake_pb2_grpc.TimeSeriesServicer):
                         writes.append(self._op(tenant, request))
                     except ValidationError as exc:
                         where = f"messages[{len(writes)}].{exc.field}"
-                        raise ValidationError(where, exc.problem) from None
+                        raise exc.renamed(where) from None
         except TimeoutError:
             msg = "stream outlived its deadline; nothing was stored"
             raise DeadlineExceededError(msg) from None
@@ -279,15 +309,13 @@ class TimeSeriesServicer(lake_pb2_grpc.TimeSeriesServicer):
         fn = convert.AGGREGATES.get(request.aggregate)
         if fn is None:
             raise ValidationError("aggregate", "must name a function (AVG, MIN, ...)")
-        if not request.HasField("bucket"):
-            raise ValidationError("bucket", "is required")
         buckets = await self._manager.coordinate(
             AggregatePoints(
                 tenant,
                 request.metric,
                 convert.required_time(request, "start"),
                 convert.required_time(request, "end"),
-                request.bucket.ToTimedelta(),
+                convert.required_duration(request, "bucket"),
                 fn,
                 dict(request.tags),
             )
@@ -307,6 +335,7 @@ class SpatialServicer(lake_pb2_grpc.SpatialServicer):
     async def Upsert(
         self, request: lake_pb2.UpsertFeaturesRequest, context: Context, tenant: str
     ) -> lake_pb2.UpsertFeaturesResponse:
+        _at_most(len(request.features), "features", self._manager.limits.max_batch)
         features = [convert.feature_in(f) for f in request.features]
         n = await self._manager.coordinate(UpsertFeatures(tenant, features))
         return lake_pb2.UpsertFeaturesResponse(upserted=n)
@@ -355,6 +384,8 @@ class SpatialServicer(lake_pb2_grpc.SpatialServicer):
     async def InPolygon(
         self, request: lake_pb2.InPolygonRequest, context: Context, tenant: str
     ) -> lake_pb2.FeaturesResponse:
+        cap = self._manager.limits.max_polygon_vertices
+        _at_most(len(request.lons), "lons", cap, "vertices")
         if len(request.lons) != len(request.lats):
             raise ValidationError("lats", "must be as many as lons")
         ring = list(zip(request.lons, request.lats, strict=True))

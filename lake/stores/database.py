@@ -47,9 +47,23 @@ _UNAVAILABLE |= {"53300", "40001", "40P01", "25006"}
 def translate_pg_error(exc: BaseException) -> LakeError:
     """
     Map a driver or network error to the Lake error that says what happened.
+
+    The result's ``detail`` names the SQLSTATE and the driver's error class for the
+    operator's log line; neither reaches a client, and no SQL text or parameter
+    value is kept.
     """
     if isinstance(exc, LakeError):
         return exc
+    return _translated(exc).with_detail(_detail(exc))
+
+
+def _detail(exc: BaseException) -> str:
+    state = getattr(exc, "sqlstate", None)
+    kind = type(exc).__name__
+    return f"sqlstate {state} ({kind})" if state else kind
+
+
+def _translated(exc: BaseException) -> LakeError:
     if isinstance(exc, TimeoutError | asyncio.TimeoutError):
         return StoreUnavailableError("database did not answer in time")
     if isinstance(exc, ConnectionRefusedError):
@@ -68,8 +82,16 @@ def translate_pg_error(exc: BaseException) -> LakeError:
         return StoreError("database does not exist")
     if state.startswith("23"):
         return ConflictError("write conflicts with stored data")
+    if state == "22003":  # numeric_value_out_of_range: a sum or average overflowed
+        return ValidationError("request", "a number overflows what the database holds")
     if state.startswith("22"):
-        return ValidationError("value", "rejected by the database as out of range")
+        return ValidationError(
+            "request", "a value is out of the range the database accepts"
+        )
+    # Class 54 (program limit exceeded): an index row or a statement too large for
+    # the server, which only the request's size can cause.
+    if state.startswith("54"):
+        return ValidationError("request", "too large for the database to store")
     return StoreError("database error")
 
 

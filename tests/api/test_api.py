@@ -230,7 +230,7 @@ async def test_status_mapping(api, monkeypatch):
             metadata=auth(),
         ),
     )
-    assert details.startswith("items[0].vector: ")
+    assert details.startswith("items[0].values: ")
     await expect(
         grpc.StatusCode.INVALID_ARGUMENT,
         v.CreateCollection(

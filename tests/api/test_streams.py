@@ -50,7 +50,7 @@ async def test_half_failed_stream_stores_nothing_and_says_where(api):
         grpc.StatusCode.INVALID_ARGUMENT,
         api.series.WriteStream(messages(), metadata=auth()),
     )
-    assert details.startswith("messages[1]."), details
+    assert details.startswith("messages[1].values[0]:"), details
     assert await stored(api.series, "cpu") == 0
 
 
