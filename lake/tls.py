@@ -105,15 +105,17 @@ def _check_pair(cert_file: str, key_file: str) -> None:
     """
     Refuse a certificate and key that are not PEM or do not belong together.
     """
+    require_readable(cert_file, key_file)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
         context.load_cert_chain(cert_file, key_file)
     except (ssl.SSLError, OSError):
-        msg = f"the TLS certificate {cert_file} and key {key_file} do not match"
+        msg = f"the TLS certificate {cert_file} and key {key_file} are no PEM pair"
         raise ConfigError(msg) from None
 
 
 def _check_ca(ca_file: str) -> None:
+    require_readable(ca_file)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     try:
         context.load_verify_locations(cafile=ca_file)
@@ -141,6 +143,7 @@ class CertificateFiles:
             self._paths.append(tls.client_ca_file)
         self._lock = threading.Lock()
         self._stamps = self._stat()
+        self._failed: tuple[_Stamp, ...] | None = None
         self.initial = self._load()
 
     def _stat(self) -> tuple[_Stamp, ...] | None:
@@ -165,16 +168,17 @@ class CertificateFiles:
         The new configuration when a file changed since the last load, else None.
         """
         stamps = self._stat()
-        if stamps is None or stamps == self._stamps:
+        if stamps is None or stamps in (self._stamps, self._failed):
             return None
         with self._lock:
-            if stamps == self._stamps:
+            if stamps in (self._stamps, self._failed):
                 return None
             try:
                 config = self._load()
             except ConfigError as exc:
-                # Not remembered: the next handshake looks again (the key may
-                # follow its certificate a moment later).
+                # Logged once; the next change (the key following its certificate,
+                # say) is tried again.
+                self._failed = stamps
                 log.warning("tls_reload_failed", error=str(exc))
                 return None
             self._stamps = stamps
