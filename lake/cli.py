@@ -18,6 +18,7 @@ import grpc
 import structlog
 
 from lake import shell
+from lake.api.channels import client_channel, tls_options
 from lake.api.server import LakeServer
 from lake.config import load_settings, masked
 from lake.container import aresolve, create_container
@@ -25,6 +26,7 @@ from lake.errors import ConfigError, LakeError
 from lake.logs import configure_logging, register_secrets
 from lake.manager import ServiceManager
 from lake.resources.embedded import embedded_servers
+from lake.tls import grpc_server_credentials
 from lake.v1 import health_pb2, health_pb2_grpc
 
 __all__ = ["main"]
@@ -154,6 +156,7 @@ async def _serve(settings: dict[str, Any]) -> int:
         max_streams_per_peer=grpc_cfg["max_streams_per_peer"],
         max_streams_per_connection=grpc_cfg["max_streams_per_connection"],
         stream_idle_timeout=grpc_cfg["stream_idle_timeout_s"],
+        credentials=grpc_server_credentials(grpc_cfg["tls"]),
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -269,6 +272,7 @@ async def _start_or_stop(manager: ServiceManager, stop: asyncio.Event) -> bool:
     help="Seconds to wait for an answer.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@tls_options
 @click.pass_context
 def health(
     ctx: click.Context, address: str | None, timeout: float, as_json: bool
@@ -296,7 +300,7 @@ def _ask_health(target: str, command: str, timeout: float, request: Any) -> Any:
     """
     Call LakeHealth.GetHealth or GetStatus; exit 2 when no server answers.
     """
-    with grpc.insecure_channel(target) as channel:
+    with client_channel(target) as channel:
         stub = health_pb2_grpc.LakeHealthStub(channel)
         method = stub.GetHealth if command == "health" else stub.GetStatus
         try:
@@ -350,6 +354,7 @@ def _print_report(target: str, reply: health_pb2.GetHealthResponse) -> None:
     show_default=True,
     help="Seconds to wait for an answer.",
 )
+@tls_options
 @click.pass_context
 def status(ctx: click.Context, address: str | None, timeout: float) -> None:
     """

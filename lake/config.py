@@ -70,6 +70,22 @@ def _refuse_template_values(environ: Mapping[str, str]) -> None:
             raise ConfigError(msg)
 
 
+# PEM file settings; a certificate and its key come in pairs.
+_TLS_PAIRS = (
+    ("grpc.tls.cert_file", "grpc.tls.key_file"),
+    ("mesh.tls.cert_file", "mesh.tls.key_file"),
+    ("client.tls.cert_file", "client.tls.key_file"),
+    ("redis.ssl_cert_file", "redis.ssl_key_file"),
+)
+_TLS_FILES = (
+    *(key for pair in _TLS_PAIRS for key in pair),
+    "grpc.tls.client_ca_file",
+    "mesh.tls.ca_file",
+    "client.tls.ca_file",
+    "redis.ssl_ca_file",
+)
+
+
 def _validators(profile: str) -> list[Validator]:
     positive = {"gt": 0}
     checks = [
@@ -123,6 +139,9 @@ def _validators(profile: str) -> list[Validator]:
         Validator("logging.level", is_in=["DEBUG", "INFO", "WARNING", "ERROR"]),
         Validator("mesh.peers", "auth.tokens", is_type_of=dict),
         Validator("auth.enabled", "grpc.reflection", is_type_of=bool),
+        Validator(*_TLS_FILES, is_type_of=str),
+        Validator("mesh.tls.server_name", "client.tls.server_name", is_type_of=str),
+        Validator("grpc.tls.behind_proxy", is_type_of=bool),
     ]
     if profile == "production":
         # Production never embeds and never guesses where its data lives. (A
@@ -182,6 +201,7 @@ def load_settings(
         values.pop(key, None)
     values["profile"] = profile
     _check_pool_sizes(values, profile)
+    _check_tls(values, profile)
     return values
 
 
@@ -191,6 +211,52 @@ def _check_pool_sizes(values: Mapping[str, Any], profile: str) -> None:
         msg = (
             f"invalid setting postgres.min_size in profile {profile!r}: "
             f"larger than postgres.max_size ({pg['min_size']} > {pg['max_size']})"
+        )
+        raise ConfigError(msg)
+
+
+def _lookup(values: Mapping[str, Any], key: str) -> Any:
+    node: Any = values
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def _check_tls(values: Mapping[str, Any], profile: str) -> None:
+    """
+    Certificates come with their keys, client settings with the CA they pin, and
+    production serves gRPC over TLS unless a TLS-terminating proxy is declared.
+    (Whether the files can be read is checked where they are used, at start-up,
+    naming the file.)
+    """
+    needs = [*_TLS_PAIRS, *((key, cert) for cert, key in _TLS_PAIRS)]
+    needs += [("grpc.tls.client_ca_file", "grpc.tls.cert_file")] + [
+        (f"{side}.tls.{key}", f"{side}.tls.ca_file")
+        for side in ("mesh", "client")
+        for key in ("cert_file", "server_name")
+    ]
+    for key, required in needs:
+        if _lookup(values, key) and not _lookup(values, required):
+            msg = f"invalid setting {key} in profile {profile!r}: needs {required}"
+            raise ConfigError(msg)
+    redis = values["redis"]
+    tls_files = (redis["ssl_ca_file"], redis["ssl_cert_file"])
+    if any(tls_files) and redis["url"] and not redis["url"].startswith("rediss://"):
+        msg = (
+            f"invalid setting redis.url in profile {profile!r}: the redis.ssl_* "
+            "files need a rediss:// url"
+        )
+        raise ConfigError(msg)
+    _check_grpc_plaintext(values["grpc"]["tls"], profile)
+
+
+def _check_grpc_plaintext(tls: Mapping[str, Any], profile: str) -> None:
+    if profile == "production" and not tls["cert_file"] and not tls["behind_proxy"]:
+        msg = (
+            f"missing setting grpc.tls.cert_file in profile {profile!r}: production "
+            "serves gRPC over TLS (set LAKE_GRPC__TLS__CERT_FILE and "
+            "LAKE_GRPC__TLS__KEY_FILE, or LAKE_GRPC__TLS__BEHIND_PROXY=true when a "
+            "TLS-terminating proxy is in front)"
         )
         raise ConfigError(msg)
 

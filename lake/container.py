@@ -114,9 +114,15 @@ class Container(containers.DeclarativeContainer):
         retries=config.redis.retries,
         health_check_interval=config.redis.health_check_interval,
         max_connections=config.redis.max_connections,
+        ssl_ca_file=config.redis.ssl_ca_file,
+        ssl_cert_file=config.redis.ssl_cert_file,
+        ssl_key_file=config.redis.ssl_key_file,
     )
     mesh_client = providers.Resource(
-        open_mesh, peers=config.mesh.peers, call_timeout=config.mesh.call_timeout
+        open_mesh,
+        peers=config.mesh.peers,
+        call_timeout=config.mesh.call_timeout,
+        tls=config.mesh.tls,
     )
 
     # Cache versions, read in batches on a connection of their own.

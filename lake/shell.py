@@ -16,6 +16,7 @@ from typing import Any
 import click
 import grpc
 
+from lake.api.channels import client_channel, tls_options
 from lake.errors import LakeError
 from lake.logs import configure_logging
 
@@ -46,7 +47,7 @@ _API_OPTIONS = [
 def _api_options(fn: Any) -> Any:
     for option in reversed(_API_OPTIONS):
         fn = option(fn)
-    return fn
+    return tls_options(fn)
 
 
 def register(
@@ -179,7 +180,7 @@ def register(
             )
         except json_format.ParseError as exc:
             raise click.BadParameter(str(exc), param_hint="--data") from None
-        with grpc.insecure_channel(target(ctx, address)) as channel:
+        with client_channel(target(ctx, address)) as channel:
             stub = channel.unary_unary(
                 f"/{service.full_name}/{rpc.name}",  # type: ignore[union-attr]
                 request_serializer=request_type.SerializeToString,
@@ -257,7 +258,7 @@ def register(
                 bar.update(len(chunk))
 
         with (
-            grpc.insecure_channel(target(ctx, address)) as channel,
+            client_channel(target(ctx, address)) as channel,
             click.progressbar(
                 length=len(rows), label="writing", file=sys.stderr
             ) as bar,

