@@ -25,6 +25,7 @@ from lake.api.servicer import SpatialServicer, TimeSeriesServicer, VectorsServic
 from lake.errors import ConfigError
 from lake.health import HealthReport, Status
 from lake.manager import ServiceManager
+from lake.schema import listen_problem
 from lake.v1 import health_pb2 as lake_health_pb2
 from lake.v1 import health_pb2_grpc as lake_health_grpc
 from lake.v1 import lake_pb2, lake_pb2_grpc
@@ -118,6 +119,8 @@ class LakeServer:
                 # Clients reconnect now and then, so DNS round-robin rebalances.
                 ("grpc.max_connection_age_ms", int(max_connection_age * 1000)),
                 ("grpc.max_connection_age_grace_ms", 10_000),
+                # A port another process holds is an error, not a shared port.
+                ("grpc.so_reuseport", 0),
             ],
             maximum_concurrent_rpcs=max_concurrent_rpcs,
         )
@@ -167,7 +170,8 @@ class LakeServer:
         except RuntimeError:  # grpcio's way of saying the bind failed
             self.port = 0
         if self.port == 0:
-            msg = f"cannot listen on {self._address} (address in use?)"
+            why = listen_problem(self._address) or "cannot be listened on"
+            msg = f"grpc.address {self._address} {why}"
             raise ConfigError(msg)
         await self._server.start()
         log.info("grpc_listening", address=self.address)
