@@ -26,6 +26,7 @@ from lake.schema import (
     check_files,
     check_tree,
     env_var,
+    not_settings,
 )
 
 __all__ = [
@@ -166,7 +167,7 @@ _TYPE_WORDS = {
     str: "a string",
     bool: "true or false",
 }
-_RULE_WORDS = {"gt": ">", "gte": ">=", "ne": "other than", "eq": "="}
+_RULE_WORDS = {"gt": "> {}", "gte": ">= {}", "ne": "other than {}", "eq": "{}"}
 # What a value given as text in an environment variable needs to be a table.
 _TABLE_HINTS = {
     "auth.tokens": 'a table, e.g. { "<sha256 hex>" = "tenant" }',
@@ -192,8 +193,10 @@ def _rule(key: str, validator: Validator) -> str:
             words.append("one of " + ", ".join(map(str, arg)))
         elif op == "len_min":
             words.append(f"at least {arg} entr{'y' if arg == 1 else 'ies'}")
+        elif op == "ne" and arg == "":
+            words.append("set (not empty)")
         elif op in _RULE_WORDS:
-            words.append(f"{_RULE_WORDS[op]} {str(arg).lower()}")
+            words.append(_RULE_WORDS[op].format(str(arg).lower()))
     return ("must be " + " ".join(words)) if words else "is required"
 
 
@@ -255,13 +258,28 @@ def load_settings(
     except ValidationError as exc:
         raise _failure(exc, profile) from None
     values = {k.lower(): v for k, v in dyn.as_dict().items()}
-    for key in _DYNACONF_KEYS:
+    for key in _DYNACONF_KEYS | not_settings(os.environ):
         values.pop(key, None)
     check_tree(values, schema, os.environ)
+    _lower_map_keys(values, schema.maps)
     values["profile"] = profile
     _check_pool_sizes(values, profile)
     check_addresses(values, profile)
     return values
+
+
+def _lower_map_keys(values: dict[str, Any], maps: frozenset[str]) -> None:
+    """
+    Lowercase the entry names of free-form maps: dynaconf upper-cases a name set
+    as LAKE_MESH__PEERS__CORTEX, and peer names and token hashes are lowercase.
+    """
+    for path in maps:
+        *parents, leaf = path.split(".")
+        node: Any = values
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and isinstance(node.get(leaf), Mapping):
+            node[leaf] = {str(k).lower(): v for k, v in node[leaf].items()}
 
 
 def _check_pool_sizes(values: Mapping[str, Any], profile: str) -> None:

@@ -32,6 +32,7 @@ __all__ = [
     "check_tree",
     "env_var",
     "listen_problem",
+    "not_settings",
     "split_host_port",
 ]
 
@@ -144,6 +145,14 @@ def _not_a_setting(name: str) -> bool:
     return name in NOT_SETTINGS or name.startswith(NOT_SETTINGS_PREFIXES)
 
 
+def not_settings(environ: Mapping[str, str]) -> set[str]:
+    """
+    The top-level keys dynaconf made from ``LAKE_*`` variables that are not
+    settings (``LAKE_TOKEN`` -> ``token``): to drop from the loaded values.
+    """
+    return {n.removeprefix("LAKE_").lower() for n in environ if _not_a_setting(n)}
+
+
 def check_environ(environ: Mapping[str, str], schema: Schema) -> None:
     """
     Refuse a ``LAKE_*`` variable that names no setting.
@@ -200,9 +209,7 @@ def check_tree(
     Raises:
         ConfigError: naming the key and the nearest known key.
     """
-    ignored = {n.removeprefix("LAKE_").lower() for n in environ if _not_a_setting(n)}
-    tree = {k: v for k, v in values.items() if k not in ignored}
-    for path in schema.unknown(tree):
+    for path in schema.unknown(values):
         parts = path.split(".")
         source = next(
             (
