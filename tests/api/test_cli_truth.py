@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from unittest.mock import Mock
 
 import pytest
+from google.protobuf import timestamp_pb2
 
 from lake.api.server import LakeServer
 from lake.errors import ConfigError
@@ -165,12 +166,18 @@ async def test_bad_csv_row_is_named_and_nothing_is_sent(api, tmp_path):
     reply = await api.series.Query(
         lake_pb2.QueryPointsRequest(
             metric="temp",
-            start=start - timedelta(minutes=1),
-            end=start + timedelta(hours=1),
+            start=stamp(start - timedelta(minutes=1)),
+            end=stamp(start + timedelta(hours=1)),
         ),
         metadata=auth(),
     )
     assert list(reply.series) == []
+
+
+def stamp(when: datetime) -> timestamp_pb2.Timestamp:
+    out = timestamp_pb2.Timestamp()
+    out.FromDatetime(when)
+    return out
 
 
 def fake_manager() -> ServiceManager:
