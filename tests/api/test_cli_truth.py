@@ -110,21 +110,29 @@ async def test_a_server_refusal_exits_1_for_every_command(api):
     assert (code, "NOT_FOUND" in err) == (1, True), err
 
 
-async def test_no_server_exits_2_for_every_command():
-    """Nothing listening: health, status and call all exit 2 and say so."""
+async def test_no_server_exits_2_for_every_command(tmp_path):
+    """Nothing listening: health, status, call and points write all exit 2 and say
+    so; input refused before sending exits 1 whether or not a server is there."""
     address = f"127.0.0.1:{free_port()}"
+    csv_file = tmp_path / "points.csv"
+    csv_file.write_text("2026-11-27T10:00:00Z,1\n")
     commands = [
         ["health"],
         ["status"],
         ["call", "LakeHealth.GetHealth", "-d", "{}"],
         ["call", "Vectors.Search", "-d", "{}"],
+        ["points", "write", "temp", str(csv_file)],
+        ["call", "Vectors.Search", "-d", "{not json"],
     ]
     results = await asyncio.gather(
         *(lake(*c, "--address", address, "--timeout", "5") for c in commands)
     )
-    for command, (code, _, err) in zip(commands, results, strict=True):
+    for command, (code, _, err) in zip(commands[:-1], results, strict=False):
         assert code == 2, (command, err)
         assert f"no answer from {address} (UNAVAILABLE)" in err, command
+    code, _, err = results[-1]
+    assert code == 1, err
+    assert "bad request JSON" in err
 
 
 async def test_a_silent_listener_is_no_server():
