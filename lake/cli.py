@@ -17,7 +17,7 @@ import click
 import grpc
 import structlog
 
-from lake import shell
+from lake import console, shell
 from lake.api.server import LakeServer
 from lake.config import load_settings, masked, secret_values
 from lake.container import aresolve, create_container
@@ -309,7 +309,7 @@ def _ask_health(target: str, command: str, timeout: float, request: Any) -> Any:
     with grpc.insecure_channel(target) as channel:
         stub = health_pb2_grpc.LakeHealthStub(channel)
         method = stub.GetHealth if command == "health" else stub.GetStatus
-        return shell.answer_or_exit(
+        return console.answer_or_exit(
             channel, command, target, lambda: method(request, timeout=timeout)
         )
 
@@ -367,7 +367,7 @@ def status(ctx: click.Context, address: str | None, timeout: float) -> None:
 
     target = _target(ctx, address)
     reply = _ask_health(target, "status", timeout, health_pb2.GetStatusRequest())
-    figures = shell.integral(json_format.MessageToDict(reply.status))
+    figures = console.integral(json_format.MessageToDict(reply.status))
     click.echo(json.dumps(figures, indent=2))
 
 

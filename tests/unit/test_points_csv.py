@@ -8,7 +8,7 @@ from datetime import datetime
 
 import pytest
 
-from lake.shell import CsvError, integral, read_points
+from lake.console import CsvError, integral, read_points
 
 
 def us(text: str) -> int:
