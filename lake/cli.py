@@ -14,18 +14,18 @@ from pathlib import Path
 from typing import Any
 
 import click
-import grpc
 import structlog
 
-from lake import shell
+from lake import console, shell
 from lake.api.channels import client_channel, tls_options
 from lake.api.server import LakeServer
-from lake.config import load_settings, masked
+from lake.config import load_settings, masked, secret_values
 from lake.container import aresolve, create_container
 from lake.errors import ConfigError, LakeError
 from lake.logs import configure_logging, register_secrets
 from lake.manager import ServiceManager
 from lake.resources.embedded import embedded_servers
+from lake.schema import listen_problem
 from lake.tls import grpc_server_credentials
 from lake.v1 import health_pb2, health_pb2_grpc
 
@@ -48,7 +48,7 @@ def _settings(ctx: click.Context) -> dict[str, Any]:
 
 def _setup(settings: dict[str, Any]) -> None:
     configure_logging(settings["logging"]["format"], settings["logging"]["level"])
-    register_secrets([settings["postgres"]["password"], settings["redis"]["password"]])
+    register_secrets(secret_values(settings))
 
 
 @contextmanager
@@ -79,6 +79,17 @@ def _with_embedded(settings: dict[str, Any]) -> Iterator[dict[str, Any]]:
             }
         register_secrets([e.password for e in ends.values()])
         yield settings
+
+
+def _require_free_port(address: str) -> None:
+    """
+    Refuse, before any embedded server starts, a listen address another process
+    holds (the server refuses it again when it binds).
+    """
+    problem = listen_problem(address)
+    if problem is not None:
+        msg = f"grpc.address {address} {problem}"
+        raise click.ClickException(msg)
 
 
 def _require_dsns(settings: dict[str, Any]) -> None:
@@ -126,6 +137,7 @@ def serve(ctx: click.Context) -> None:
     """
     settings = _settings(ctx)
     _setup(settings)
+    _require_free_port(settings["grpc"]["address"])
     try:
         with _with_embedded(settings) as effective:
             code = asyncio.run(_serve(effective))
@@ -298,17 +310,15 @@ def _target(ctx: click.Context, address: str | None) -> str:
 
 def _ask_health(target: str, command: str, timeout: float, request: Any) -> Any:
     """
-    Call LakeHealth.GetHealth or GetStatus; exit 2 when no server answers.
+    Call LakeHealth.GetHealth or GetStatus; exit 1 when the server refuses the
+    call, 2 when no server answers.
     """
     with client_channel(target) as channel:
         stub = health_pb2_grpc.LakeHealthStub(channel)
         method = stub.GetHealth if command == "health" else stub.GetStatus
-        try:
-            return method(request, timeout=timeout)
-        except grpc.RpcError as exc:
-            code = exc.code().name if isinstance(exc, grpc.Call) else "UNKNOWN"  # type: ignore[redundant-expr]
-            click.echo(f"lake {command}: no answer from {target} ({code})", err=True)
-            sys.exit(2)
+        return console.answer_or_exit(
+            channel, command, target, lambda: method(request, timeout=timeout)
+        )
 
 
 def _status_name(value: int) -> str:
@@ -365,7 +375,8 @@ def status(ctx: click.Context, address: str | None, timeout: float) -> None:
 
     target = _target(ctx, address)
     reply = _ask_health(target, "status", timeout, health_pb2.GetStatusRequest())
-    click.echo(json.dumps(json_format.MessageToDict(reply.status), indent=2))
+    figures = console.integral(json_format.MessageToDict(reply.status))
+    click.echo(json.dumps(figures, indent=2))
 
 
 @main.command()

@@ -14,23 +14,52 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from dynaconf import Dynaconf, ValidationError, Validator
 
 from lake.errors import ConfigError
+from lake.schema import (
+    Schema,
+    check_addresses,
+    check_environ,
+    check_files,
+    check_tree,
+    env_var,
+    not_settings,
+)
 
-__all__ = ["PROFILES", "load_settings", "mask_text", "masked", "settings_files"]
+__all__ = [
+    "PROFILES",
+    "load_settings",
+    "mask_text",
+    "masked",
+    "secret_values",
+    "settings_files",
+]
 
 PROFILES = ("development", "testing", "production")
 _SECRET_KEY = re.compile(
     r"password|secret|token|api_key|credential|cursor_key", re.IGNORECASE
 )
+# scheme://user:password@ (user may be empty). The password runs to the last @ of
+# the word, so one with an unencoded @ or / is hidden whole (masking too much is
+# the safe side).
 _DSN_CREDENTIALS = re.compile(
-    r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:@/\s]*):[^@/\s]+@"
+    r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:@/\s]*):\S+@", re.IGNORECASE
+)
+# key=value with a secret-looking key: a URL query (?password=), a key=value DSN
+# (host=db password=...), quoted or not.
+_SECRET_PAIR = re.compile(
+    r"(?P<key>\b[\w.-]*(?:password|passwd|pwd|secret|token|api_key|apikey)"
+    r"\s*=\s*)"
+    r"(?P<value>'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[^\s&#'\"]+)",
+    re.IGNORECASE,
 )
 _UNSAFE_ENV_VALUE = re.compile(r"^\s*@(jinja|format)\b", re.IGNORECASE)
 # Keys dynaconf adds from the environment that are not Lake settings.
 _DYNACONF_KEYS = {"env", "settings_files", "settings_file"}
+_BESIDE = Path(__file__).resolve().parent.parent / "config" / "settings.toml"
 
 
 def settings_files(explicit: str | None = None) -> list[Path]:
@@ -45,8 +74,7 @@ def settings_files(explicit: str | None = None) -> list[Path]:
         files = [Path(p) for p in re.split(r"[,;]", chosen) if p.strip()]
     else:
         here = Path.cwd() / "config" / "settings.toml"
-        beside = Path(__file__).resolve().parent.parent / "config" / "settings.toml"
-        files = [here if here.exists() else beside]
+        files = [here if here.exists() else _BESIDE]
     for file in files:
         if not file.is_file():
             msg = f"settings file not found: {file}"
@@ -86,13 +114,19 @@ _TLS_FILES = (
 )
 
 
+def _each(*names: str, **rules: Any) -> list[Validator]:
+    # One Validator per key: a failing Validator is reported by its first name, so
+    # sharing one between keys would blame the wrong key.
+    return [Validator(name, **rules) for name in names]
+
+
 def _validators(profile: str) -> list[Validator]:
     positive = {"gt": 0}
     checks = [
-        Validator("postgres.dsn", "redis.url", "grpc.address", is_type_of=str),
-        Validator("postgres.min_size", is_type_of=int, gte=0),
-        Validator("postgres.max_size", is_type_of=int, gte=1),
-        Validator(
+        *_each("postgres.dsn", "redis.url", "grpc.address", is_type_of=str),
+        *_each("postgres.min_size", is_type_of=int, gte=0),
+        *_each("postgres.max_size", is_type_of=int, gte=1),
+        *_each(
             "postgres.connect_timeout",
             "postgres.acquire_timeout",
             "redis.socket_timeout",
@@ -111,7 +145,7 @@ def _validators(profile: str) -> list[Validator]:
             is_type_of=(int, float),
             **positive,
         ),
-        Validator(
+        *_each(
             "timeseries.retention_days",
             "timeseries.future_days",
             "cache.ttl_s",
@@ -120,44 +154,111 @@ def _validators(profile: str) -> list[Validator]:
             is_type_of=int,
             gte=1,
         ),
-        Validator("startup.attempts", "operations.attempts", is_type_of=int, gte=1),
-        Validator(
+        *_each("startup.attempts", "operations.attempts", is_type_of=int, gte=1),
+        *_each(
             "limits.max_tags",
             "limits.max_tags_bytes",
             "limits.max_json_keys",
             "limits.max_json_depth",
+            "limits.max_stream_points",
+            "grpc.max_open_streams",
+            "grpc.max_streams_per_peer",
+            "grpc.max_streams_per_connection",
             is_type_of=int,
             gte=1,
         ),
         # Past ~2.7 kB PostgreSQL refuses a series' btree row; keep well below.
-        Validator("limits.max_tags_bytes", lte=2048),
-        Validator("postgres.command_timeout", is_type_of=(int, float), gte=0),
-        Validator("operations.timeout", is_type_of=(int, float), gt=0),
-        Validator("redis.retries", is_type_of=int, gte=0),
-        Validator("grpc.address", must_exist=True, ne=""),
-        Validator("logging.format", is_in=["console", "json"]),
-        Validator("logging.level", is_in=["DEBUG", "INFO", "WARNING", "ERROR"]),
-        Validator("mesh.peers", "auth.tokens", is_type_of=dict),
-        Validator("auth.enabled", "grpc.reflection", is_type_of=bool),
-        Validator(*_TLS_FILES, is_type_of=str),
-        Validator("mesh.tls.server_name", "client.tls.server_name", is_type_of=str),
-        Validator("grpc.tls.behind_proxy", is_type_of=bool),
+        *_each("limits.max_tags_bytes", lte=2048),
+        *_each(
+            "grpc.stream_idle_timeout_s",
+            "health.loop_lag_threshold_ms",
+            is_type_of=(int, float),
+            gt=0,
+        ),
+        *_each("postgres.command_timeout", is_type_of=(int, float), gte=0),
+        *_each("operations.timeout", is_type_of=(int, float), gt=0),
+        *_each("redis.retries", is_type_of=int, gte=0),
+        *_each("grpc.address", must_exist=True, ne=""),
+        *_each("logging.format", is_in=["console", "json"]),
+        *_each("logging.level", is_in=["DEBUG", "INFO", "WARNING", "ERROR"]),
+        *_each("mesh.peers", "auth.tokens", is_type_of=dict),
+        *_each("auth.enabled", "grpc.reflection", is_type_of=bool),
+        *_each(*_TLS_FILES, is_type_of=str),
+        *_each("mesh.tls.server_name", "client.tls.server_name", is_type_of=str),
+        *_each("grpc.tls.behind_proxy", is_type_of=bool),
     ]
     if profile == "production":
         # Production never embeds and never guesses where its data lives. (A
         # Validator's env= loads that env instead of scoping to it, hence the if.)
         checks += [
-            Validator("postgres.dsn", must_exist=True, ne=""),
-            Validator("redis.url", must_exist=True, ne=""),
-            Validator("embedded", eq=False),
-            Validator("auth.enabled", eq=True),
-            Validator("auth.tokens", must_exist=True, len_min=1),
+            *_each("postgres.dsn", must_exist=True, ne=""),
+            *_each("redis.url", must_exist=True, ne=""),
+            *_each("embedded", eq=False),
+            *_each("auth.enabled", eq=True),
+            *_each("auth.tokens", must_exist=True, len_min=1),
         ]
     return checks
 
 
-def _env_var(key: str) -> str:
-    return "LAKE_" + key.upper().replace(".", "__")
+_TYPE_WORDS = {
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    bool: "true or false",
+}
+_RULE_WORDS = {"gt": "> {}", "gte": ">= {}", "ne": "other than {}", "eq": "{}"}
+# What a value given as text in an environment variable needs to be a table.
+_TABLE_HINTS = {
+    "auth.tokens": 'a table, e.g. { "<sha256 hex>" = "tenant" }',
+    "mesh.peers": 'a table, e.g. { cortex = "127.0.0.1:50061" }',
+}
+
+
+def _rule(key: str, validator: Validator) -> str:
+    """
+    What ``validator`` requires, in words (never the value, which may be secret).
+    """
+    words = []
+    for op, arg in validator.operations.items():
+        if op == "is_type_of":
+            if key in _TABLE_HINTS:
+                words.append(_TABLE_HINTS[key])
+                continue
+            kinds = arg if isinstance(arg, tuple) else (arg,)
+            if float in kinds:
+                kinds = (float,)  # "an integer or a number" says less than "a number"
+            words.append(" or ".join(_TYPE_WORDS.get(k, k.__name__) for k in kinds))
+        elif op == "is_in":
+            words.append("one of " + ", ".join(map(str, arg)))
+        elif op == "len_min":
+            words.append(f"at least {arg} entr{'y' if arg == 1 else 'ies'}")
+        elif op == "ne" and arg == "":
+            words.append("set (not empty)")
+        elif op in _RULE_WORDS:
+            words.append(_RULE_WORDS[op].format(str(arg).lower()))
+    return ("must be " + " ".join(words)) if words else "is required"
+
+
+def _failure(exc: ValidationError, profile: str) -> ConfigError:
+    validator = exc.details[0][0] if exc.details else None
+    key = validator.names[0] if validator is not None else "?"
+    rule = f": {_rule(key, validator)}" if validator is not None else ""
+    msg = (
+        f"invalid or missing setting {key} in profile {profile!r} "
+        f"(set it in the settings file or as {env_var(key)}){rule}"
+    )
+    return ConfigError(msg)
+
+
+def _schema_file(files: list[Path]) -> Path:
+    """
+    The file whose [default] table defines the known keys: the bundled one when it
+    is there, else the first file read.
+    """
+    for candidate in (Path.cwd() / "config" / "settings.toml", _BESIDE):
+        if candidate.is_file():
+            return candidate
+    return files[0]
 
 
 def load_settings(
@@ -167,7 +268,8 @@ def load_settings(
     Load, validate and return the settings of one profile as plain values.
 
     The profile is ``env``, else ``LAKE_ENV``, else ``development``; ``LAKE_*``
-    variables override the files.
+    variables override the files. A key no settings file's ``[default]`` table
+    defines is refused, wherever it comes from.
 
     Raises:
         ConfigError: one line naming the key and the profile.
@@ -178,8 +280,12 @@ def load_settings(
         choices = ", ".join(PROFILES)
         msg = f"unknown profile {profile!r} (LAKE_ENV): choose one of {choices}"
         raise ConfigError(msg)
+    paths = settings_files(files)
+    schema = Schema.from_file(_schema_file(paths))
+    check_files(paths, schema)
+    check_environ(os.environ, schema)
     dyn = Dynaconf(
-        settings_files=[str(f) for f in settings_files(files)],
+        settings_files=[str(f) for f in paths],
         environments=True,
         envvar_prefix="LAKE",
         env=profile,
@@ -189,20 +295,31 @@ def load_settings(
     try:
         dyn.validators.validate_all()
     except ValidationError as exc:
-        validator = exc.details[0][0] if exc.details else None
-        key = validator.names[0] if validator is not None else "?"
-        msg = (
-            f"invalid or missing setting {key} in profile {profile!r} "
-            f"(set it in the settings file or as {_env_var(key)})"
-        )
-        raise ConfigError(msg) from None
+        raise _failure(exc, profile) from None
     values = {k.lower(): v for k, v in dyn.as_dict().items()}
-    for key in _DYNACONF_KEYS:
+    for key in _DYNACONF_KEYS | not_settings(os.environ):
         values.pop(key, None)
+    check_tree(values, schema, os.environ)
+    _lower_map_keys(values, schema.maps)
     values["profile"] = profile
     _check_pool_sizes(values, profile)
     _check_tls(values, profile)
+    check_addresses(values, profile)
     return values
+
+
+def _lower_map_keys(values: dict[str, Any], maps: frozenset[str]) -> None:
+    """
+    Lowercase the entry names of free-form maps: dynaconf upper-cases a name set
+    as LAKE_MESH__PEERS__CORTEX, and peer names and token hashes are lowercase.
+    """
+    for path in maps:
+        *parents, leaf = path.split(".")
+        node: Any = values
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and isinstance(node.get(leaf), Mapping):
+            node[leaf] = {str(k).lower(): v for k, v in node[leaf].items()}
 
 
 def _check_pool_sizes(values: Mapping[str, Any], profile: str) -> None:
@@ -263,9 +380,33 @@ def _check_grpc_plaintext(tls: Mapping[str, Any], profile: str) -> None:
 
 def mask_text(text: str) -> str:
     """
-    Hide the password of every ``scheme://user:password@`` credential in ``text``.
+    Hide every password in ``text``: ``scheme://user:password@``, a query's
+    ``?password=``, a key=value DSN's ``password=...`` (quoted or not), and any
+    other ``...secret=``/``...token=`` pair.
     """
-    return _DSN_CREDENTIALS.sub(r"\g<scheme>\g<user>:***@", text)
+    text = _DSN_CREDENTIALS.sub(r"\g<scheme>\g<user>:***@", text)
+    return _SECRET_PAIR.sub(r"\g<key>***", text)
+
+
+def secret_values(values: Mapping[str, Any]) -> list[str]:
+    """
+    Every secret the settings hold, as it may appear in a log line: the passwords,
+    the cursor key, and the passwords inside the DSN and the Redis URL (raw and
+    URL-decoded).
+    """
+    found = [
+        values["postgres"]["password"],
+        values["redis"]["password"],
+        values["timeseries"]["cursor_key"],
+    ]
+    for url in (values["postgres"]["dsn"], values["redis"]["url"]):
+        parts = urlsplit(url)
+        pairs = [("password", parts.password or ""), *parse_qsl(parts.query)]
+        for key, value in pairs:
+            if _SECRET_KEY.search(key) and value:
+                found += [value, unquote(value)]
+        found += [m.group("value").strip("'\"") for m in _SECRET_PAIR.finditer(url)]
+    return sorted({str(v) for v in found if v})
 
 
 def masked(value: Any, key: str = "") -> Any:

@@ -14,9 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import click
-import grpc
 
 from lake.api.channels import client_channel, tls_options
+from lake.console import (
+    EXIT_REFUSED,
+    CsvError,
+    answer_or_exit,
+    integral,
+    read_points,
+    unary_methods,
+)
 from lake.errors import LakeError
 from lake.logs import configure_logging
 
@@ -25,14 +32,6 @@ __all__ = ["register"]
 
 def _metadata(token_value: str | None) -> tuple[tuple[str, str | bytes], ...]:
     return (("authorization", f"Bearer {token_value}"),) if token_value else ()
-
-
-def _rpc_failed(exc: grpc.RpcError) -> None:
-    if isinstance(exc, grpc.Call):
-        click.echo(f"lake: {exc.code().name}: {exc.details()}", err=True)
-    else:
-        click.echo("lake: call failed", err=True)
-    sys.exit(1)
 
 
 _API_OPTIONS = [
@@ -151,27 +150,21 @@ def register(
         timeout: float,
     ) -> None:
         """
-        Call any lake.v1 RPC with JSON in and out, e.g.
+        Call any unary RPC on Lake's port with JSON in and out, e.g.
         lake call Vectors.Search -d '{"collection": "docs", "vector": [1, 0]}'.
+
+        Reaches Vectors, TimeSeries, Spatial, LakeHealth and grpc.health.v1.Health
+        (Health.Check). Prints every field, zero values included. Exit codes: 0 ok,
+        1 refused (by the server, or a bad method or JSON), 2 no server answers.
         """
-        from google.protobuf import json_format
+        from google.protobuf import json_format, message_factory
 
-        from lake.v1 import lake_pb2
-
-        service_name, _, method_name = method.partition(".")
-        service = lake_pb2.DESCRIPTOR.services_by_name.get(service_name)
-        rpc = service.methods_by_name.get(method_name) if service else None
-        if rpc is None or rpc.client_streaming:
-            names = sorted(
-                f"{s.name}.{m.name}"
-                for s in lake_pb2.DESCRIPTOR.services_by_name.values()
-                for m in s.methods
-                if not m.client_streaming
-            )
-            msg = f"unknown method; one of: {', '.join(names)}"
-            raise click.BadParameter(msg)
-        from google.protobuf import message_factory
-
+        methods = unary_methods()
+        rpc = methods.get(method)
+        if rpc is None:
+            names = sorted(m for m in methods if m.count(".") == 1)
+            msg = f"unknown method {method!r}; one of: {', '.join(names)}"
+            raise click.ClickException(msg)
         request_type = message_factory.GetMessageClass(rpc.input_type)
         response_type = message_factory.GetMessageClass(rpc.output_type)
         try:
@@ -179,18 +172,27 @@ def register(
                 data if data is not None else sys.stdin.read(), request_type()
             )
         except json_format.ParseError as exc:
-            raise click.BadParameter(str(exc), param_hint="--data") from None
-        with client_channel(target(ctx, address)) as channel:
+            msg = f"bad request JSON: {exc}"
+            raise click.ClickException(msg) from None
+        address = target(ctx, address)  # resolved once: named in messages
+        with client_channel(address) as channel:
             stub = channel.unary_unary(
-                f"/{service.full_name}/{rpc.name}",  # type: ignore[union-attr]
+                f"/{rpc.containing_service.full_name}/{rpc.name}",
                 request_serializer=request_type.SerializeToString,
                 response_deserializer=response_type.FromString,
             )
-            try:
-                reply = stub(request, timeout=timeout, metadata=_metadata(token))
-            except grpc.RpcError as exc:
-                _rpc_failed(exc)
-        click.echo(json_format.MessageToJson(reply, preserving_proto_field_name=True))
+            reply = answer_or_exit(
+                channel,
+                "call",
+                address,
+                lambda: stub(request, timeout=timeout, metadata=_metadata(token)),
+            )
+        shown = json_format.MessageToDict(
+            reply,
+            preserving_proto_field_name=True,
+            always_print_fields_with_no_presence=True,
+        )
+        click.echo(json.dumps(integral(shown), indent=2, ensure_ascii=False))
 
     @group.group()
     def points() -> None:
@@ -218,56 +220,51 @@ def register(
         timeout: float,
     ) -> None:
         """
-        Stream points from a CSV of "timestamp,value" rows (ISO 8601 with a zone, or
-        epoch seconds) to one series, with a progress bar.
+        Stream points from a CSV of "timestamp,value" rows to one series, with a
+        progress bar. The whole file is checked first: a bad row is reported as
+        FILE:LINE:COLUMN and nothing is sent (exit 1). Timestamps are ISO 8601 with
+        a zone or epoch seconds; values finite numbers; a header line, empty lines
+        and lines starting with # are skipped.
         """
-        import csv
-        from datetime import UTC, datetime
-
         from lake.v1 import lake_pb2, lake_pb2_grpc
 
-        tag_map = dict(t.split("=", 1) for t in tags if "=" in t)
-        rows = [r for r in csv.reader(csv_file) if r and not r[0].startswith("#")]
-        if rows and not rows[0][0][:1].isdigit():
-            rows = rows[1:]  # a header line
-
-        def stamp(text: str) -> int:
-            try:
-                when = (
-                    datetime.fromtimestamp(float(text), UTC)
-                    if text.replace(".", "", 1).isdigit()
-                    else datetime.fromisoformat(text)
-                )
-            except ValueError:
-                msg = f"bad timestamp {text!r}"
-                raise click.BadParameter(msg) from None
-            if when.tzinfo is None:
-                msg = f"timestamp {text!r} has no time zone"
-                raise click.BadParameter(msg)
-            return int(when.timestamp() * 1_000_000)
+        tag_map: dict[str, str] = {}
+        for tag in tags:
+            key, sep, value = tag.partition("=")
+            if not sep or not key:
+                msg = f"{tag!r} is not key=value"
+                raise click.BadParameter(msg, param_hint="--tag")
+            tag_map[key] = value
+        try:
+            stamps, values = read_points(csv_file, csv_file.name)
+        except CsvError as exc:
+            click.echo(str(exc), err=True)
+            sys.exit(EXIT_REFUSED)
 
         def messages(bar: Any) -> Any:
-            for i in range(0, len(rows), batch):
-                chunk = rows[i : i + batch]
+            for i in range(0, len(stamps), batch):
                 yield lake_pb2.WritePointsRequest(
                     metric=metric,
                     tags=tag_map,
-                    timestamps_us=[stamp(r[0]) for r in chunk],
-                    values=[float(r[1]) for r in chunk],
+                    timestamps_us=stamps[i : i + batch],
+                    values=values[i : i + batch],
                 )
-                bar.update(len(chunk))
+                bar.update(len(stamps[i : i + batch]))
 
+        address = target(ctx, address)  # resolved once: named in messages
         with (
             client_channel(target(ctx, address)) as channel,
             click.progressbar(
-                length=len(rows), label="writing", file=sys.stderr
+                length=len(stamps), label="writing", file=sys.stderr
             ) as bar,
         ):
             stub = lake_pb2_grpc.TimeSeriesStub(channel)
-            try:
-                reply = stub.WriteStream(
+            reply = answer_or_exit(
+                channel,
+                "points write",
+                address,
+                lambda: stub.WriteStream(
                     messages(bar), timeout=timeout, metadata=_metadata(token)
-                )
-            except grpc.RpcError as exc:
-                _rpc_failed(exc)
+                ),
+            )
         click.echo(json.dumps({"written": reply.written}))

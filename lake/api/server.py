@@ -27,6 +27,7 @@ from lake.api.servicer import SpatialServicer, TimeSeriesServicer, VectorsServic
 from lake.errors import ConfigError
 from lake.health import HealthReport, Status
 from lake.manager import ServiceManager
+from lake.schema import listen_problem
 from lake.v1 import health_pb2 as lake_health_pb2
 from lake.v1 import health_pb2_grpc as lake_health_grpc
 from lake.v1 import lake_pb2, lake_pb2_grpc
@@ -137,6 +138,8 @@ class LakeServer:
                 ("grpc.max_connection_age_ms", int(max_connection_age * 1000)),
                 ("grpc.max_connection_age_grace_ms", 10_000),
                 ("grpc.max_concurrent_streams", max_streams_per_connection),
+                # A port another process holds is an error, not a shared port.
+                ("grpc.so_reuseport", 0),
             ],
             # A backstop only: Admission holds each class to its own budget, so
             # this never refuses a probe.
@@ -194,7 +197,8 @@ class LakeServer:
         except RuntimeError:  # grpcio's way of saying the bind failed
             self.port = 0
         if self.port == 0:
-            msg = f"cannot listen on {self._address} (address in use?)"
+            why = listen_problem(self._address) or "cannot be listened on"
+            msg = f"grpc.address {self._address} {why}"
             raise ConfigError(msg)
         await self._server.start()
         log.info(

@@ -40,6 +40,7 @@ __all__ = [
     "EmbeddedServerError",
     "Endpoint",
     "embedded_servers",
+    "write_private",
 ]
 
 log = structlog.get_logger(__name__)
@@ -81,16 +82,29 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def write_private(path: Path, text: str) -> None:
+    """
+    Write ``text`` to ``path`` readable by its owner only, from the first byte.
+
+    The file is created 0600 (a file already there is made 0600 before anything is
+    written to it), so no other user ever reads a password in it.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        os.fchmod(fd, 0o600)
+        f.write(text)
+
+
 def _secret(path: Path) -> str:
     """
     Read the password kept at ``path``, making one (mode 0600) the first time.
     """
     if path.exists():
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)  # a copy or an old run left it readable
         return path.read_text(encoding="utf-8").strip()
     value = secrets.token_urlsafe(24)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(value)
+    write_private(path, value)
     return value
 
 
@@ -194,8 +208,7 @@ class EmbeddedPostgres:
             return
         self.pgdata.mkdir(mode=0o700, exist_ok=True)
         pwfile = self.data_dir / ".initdb-pw"
-        pwfile.write_text(password, encoding="utf-8")
-        pwfile.chmod(0o600)
+        write_private(pwfile, password)
         try:
             if self._user is not None:
                 shutil.chown(self.pgdata, self._user)
@@ -319,14 +332,13 @@ class EmbeddedRedis:
         self._stop_leftover()
         self.port = self.port or free_port()
         conf = self.dir / "redis.conf"
-        conf.write_text(
+        write_private(
+            conf,
             f"port {self.port}\nbind 127.0.0.1\nprotected-mode yes\n"
             f"dir {self.dir}\npidfile {self.dir / 'redis.pid'}\n"
             f'save ""\nappendonly no\nrequirepass {password}\n'
             f"logfile {self.dir / 'server.log'}\n",
-            encoding="utf-8",
         )
-        conf.chmod(0o600)
         # Its own session: a Ctrl-C in the terminal reaches Lake, which stops Redis
         # after it has closed its clients.
         self._proc = subprocess.Popen(  # noqa: S603 -- our own binary

@@ -270,4 +270,6 @@ def test_serve_on_a_taken_address_fails_with_one_line(servers, tmp_path):
         )
         result = run("serve", env=env)
     assert result.returncode == 1
-    assert f"Error: cannot listen on {address} (address in use?)" in result.stderr
+    assert f"Error: grpc.address {address} is already in use by another process" in (
+        result.stderr
+    )
