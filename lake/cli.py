@@ -150,6 +150,9 @@ async def _serve(settings: dict[str, Any]) -> int:
         auth_enabled=settings["auth"]["enabled"],
         max_deadline=grpc_cfg["max_deadline_s"],
         max_connection_age=grpc_cfg["max_connection_age_s"],
+        token_refresh=settings["auth"]["refresh_s"],
+        max_auth_failures=settings["auth"]["max_failures"],
+        auth_failure_window=settings["auth"]["failure_window_s"],
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -178,7 +181,8 @@ async def _serve(settings: dict[str, Any]) -> int:
     try:
         if not await _start_or_stop(manager, stop):
             return 1
-        await server.serving()
+        tokens = await aresolve(container.tokens)
+        await server.serving(tokens)
         log.info("lake_ready", address=server.address, profile=settings["profile"])
         background = [
             asyncio.create_task(
@@ -288,18 +292,26 @@ def _target(ctx: click.Context, address: str | None) -> str:
     return address or str(_settings(ctx)["grpc"]["address"])
 
 
-def _ask_health(target: str, command: str, timeout: float, request: Any) -> Any:
+def _ask_health(
+    target: str, command: str, timeout: float, request: Any, token: str | None = None
+) -> Any:
     """
-    Call LakeHealth.GetHealth or GetStatus; exit 2 when no server answers.
+    Call LakeHealth.GetHealth or GetStatus (which needs an admin ``token``); exit 2
+    when no server answers, 1 when the token is refused.
     """
+    metadata = (("authorization", f"Bearer {token}"),) if token else ()
     with grpc.insecure_channel(target) as channel:
         stub = health_pb2_grpc.LakeHealthStub(channel)
         method = stub.GetHealth if command == "health" else stub.GetStatus
         try:
-            return method(request, timeout=timeout)
+            return method(request, timeout=timeout, metadata=metadata)
         except grpc.RpcError as exc:
-            code = exc.code().name if isinstance(exc, grpc.Call) else "UNKNOWN"  # type: ignore[redundant-expr]
-            click.echo(f"lake {command}: no answer from {target} ({code})", err=True)
+            code = exc.code() if isinstance(exc, grpc.Call) else None  # type: ignore[redundant-expr]
+            name = getattr(code, "name", "UNKNOWN")
+            if name in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+                click.echo(f"lake {command}: {name} (needs an admin token)", err=True)
+                sys.exit(1)
+            click.echo(f"lake {command}: no answer from {target} ({name})", err=True)
             sys.exit(2)
 
 
@@ -346,16 +358,19 @@ def _print_report(target: str, reply: health_pb2.GetHealthResponse) -> None:
     show_default=True,
     help="Seconds to wait for an answer.",
 )
+@click.option("--token", envvar="LAKE_TOKEN", help="Admin token (or $LAKE_TOKEN).")
 @click.pass_context
-def status(ctx: click.Context, address: str | None, timeout: float) -> None:
+def status(
+    ctx: click.Context, address: str | None, timeout: float, token: str | None
+) -> None:
     """
     Print the running server's operator figures as JSON: per-operation usage,
-    pool and cache counters, events waiting for delivery.
+    pool and cache counters, events waiting for delivery. Needs an admin token.
     """
     from google.protobuf import json_format
 
     target = _target(ctx, address)
-    reply = _ask_health(target, "status", timeout, health_pb2.GetStatusRequest())
+    reply = _ask_health(target, "status", timeout, health_pb2.GetStatusRequest(), token)
     click.echo(json.dumps(json_format.MessageToDict(reply.status), indent=2))
 
 

@@ -92,6 +92,8 @@ def _validators(profile: str) -> list[Validator]:
             "cache.timeout",
             "cache.cooldown_s",
             "timeseries.maintenance_interval",
+            "auth.refresh_s",
+            "auth.failure_window_s",
             is_type_of=(int, float),
             **positive,
         ),
@@ -105,6 +107,7 @@ def _validators(profile: str) -> list[Validator]:
             gte=1,
         ),
         Validator("startup.attempts", "operations.attempts", is_type_of=int, gte=1),
+        Validator("auth.max_failures", is_type_of=int, gte=1),
         Validator("postgres.command_timeout", is_type_of=(int, float), gte=0),
         Validator("operations.timeout", is_type_of=(int, float), gt=0),
         Validator("redis.retries", is_type_of=int, gte=0),
@@ -172,7 +175,38 @@ def load_settings(
         values.pop(key, None)
     values["profile"] = profile
     _check_pool_sizes(values, profile)
+    _check_tokens(values["auth"]["tokens"], profile)
     return values
+
+
+_HASH = re.compile(r"[0-9a-f]{64}")
+
+
+def _token_entry_ok(digest: object, value: object) -> bool:
+    from lake.validation import check_tenant
+
+    entry = value if isinstance(value, Mapping) else {"tenant": value}
+    if not _HASH.fullmatch(str(digest).lower()):
+        return False
+    if entry.get("scope", "write") not in ("read", "write", "admin"):
+        return False
+    try:
+        check_tenant(entry.get("tenant"))
+    except ValueError:
+        return False
+    return True
+
+
+def _check_tokens(tokens: Mapping[str, Any], profile: str) -> None:
+    """
+    Each ``auth.tokens`` entry: a SHA-256 hex -> a tenant, or -> {tenant, scope}.
+    """
+    if not all(_token_entry_ok(d, v) for d, v in tokens.items()):
+        msg = (
+            f"invalid setting auth.tokens in profile {profile!r}: each entry is "
+            '"<sha256 hex>" = "tenant" or { tenant = "t", scope = "read|write|admin" }'
+        )
+        raise ConfigError(msg)
 
 
 def _check_pool_sizes(values: Mapping[str, Any], profile: str) -> None:
