@@ -78,7 +78,8 @@ async def running_lake(
         **server_options,
     )
     await server.start()
-    await server.serving(await aresolve(container.tokens))
+    tokens = await aresolve(container.tokens)
+    await server.serving(tokens)
     channel = grpc.aio.insecure_channel(server.address)
     try:
         yield server, manager, channel
