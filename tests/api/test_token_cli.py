@@ -16,7 +16,7 @@ from tests.api.test_cli_client import lake
 
 async def test_token_create_list_revoke_end_to_end(lake_settings):
     """create prints a working token once; list shows it without the token; revoke
-    stops it; a non-admin token may not manage tokens."""
+    stops it; a non-admin token may not manage tokens; status wants a token."""
     async with running_lake(lake_settings) as (server, _, channel):
         where = ["--address", server.address, "--token", "token-admin"]
         code, out, err = await lake(
@@ -66,3 +66,6 @@ async def test_token_create_list_revoke_end_to_end(lake_settings):
         )
         assert code == 2
         assert "--expires" in err
+        code, _, err = await lake("status", "--address", server.address)
+        assert code == 1
+        assert "UNAUTHENTICATED" in err
