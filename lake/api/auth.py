@@ -389,7 +389,7 @@ class AuthInterceptor(_Interceptor):
                 "auth_failed",
                 peer=peer,
                 reason="wrong_scope",
-                token_id=found.token_id,
+                id=found.token_id,
                 needs=needs.label,
                 has=found.scope.label,
             )

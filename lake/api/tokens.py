@@ -132,7 +132,7 @@ class TokensServicer(tokens_pb2_grpc.TokensServicer):
             await context.abort(*status_of(exc, "Tokens.Create"))
         log.info(
             "token_created",
-            token_id=record.id,
+            id=record.id,
             tenant=record.tenant,
             scope=scope.label,
             by=current_principal().token_id,
@@ -162,7 +162,7 @@ class TokensServicer(tokens_pb2_grpc.TokensServicer):
             await context.abort(*status_of(exc, "Tokens.Revoke"))
         log.info(
             "token_revoked",
-            token_id=record.id,
+            id=record.id,
             tenant=record.tenant,
             by=current_principal().token_id,
         )

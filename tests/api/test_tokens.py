@@ -217,7 +217,7 @@ async def test_failed_authentication_is_logged_with_the_peer_never_the_token(lak
     failed = [e for e in logs if e["event"] == "auth_failed"]
     assert [e["reason"] for e in failed] == ["unknown", "missing", "wrong_scope"]
     assert all(e["peer"].startswith("ipv4:127.0.0.1:") for e in failed)
-    assert failed[2]["token_id"] == made.info.id
+    assert failed[2]["id"] == made.info.id
     assert secret not in repr(logs)
     assert made.token not in repr(logs)
 
