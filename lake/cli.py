@@ -169,6 +169,9 @@ async def _serve(settings: dict[str, Any]) -> int:
         max_streams_per_connection=grpc_cfg["max_streams_per_connection"],
         stream_idle_timeout=grpc_cfg["stream_idle_timeout_s"],
         credentials=grpc_server_credentials(grpc_cfg["tls"]),
+        token_refresh=settings["auth"]["refresh_s"],
+        max_auth_failures=settings["auth"]["max_failures"],
+        auth_failure_window=settings["auth"]["failure_window_s"],
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -197,7 +200,8 @@ async def _serve(settings: dict[str, Any]) -> int:
     try:
         if not await _start_or_stop(manager, stop):
             return 1
-        await server.serving()
+        tokens = await aresolve(container.tokens)
+        await server.serving(tokens)
         log.info("lake_ready", address=server.address, profile=settings["profile"])
         background = [
             asyncio.create_task(
@@ -308,16 +312,23 @@ def _target(ctx: click.Context, address: str | None) -> str:
     return address or str(_settings(ctx)["grpc"]["address"])
 
 
-def _ask_health(target: str, command: str, timeout: float, request: Any) -> Any:
+def _ask_health(
+    target: str, command: str, timeout: float, request: Any, token: str | None = None
+) -> Any:
     """
-    Call LakeHealth.GetHealth or GetStatus; exit 1 when the server refuses the
-    call, 2 when no server answers.
+    Call LakeHealth.GetHealth or GetStatus (which needs an admin ``token``); exit 1
+    when the server refuses the call (a missing or non-admin token included), 2
+    when no server answers.
     """
+    metadata = (("authorization", f"Bearer {token}"),) if token else ()
     with client_channel(target) as channel:
         stub = health_pb2_grpc.LakeHealthStub(channel)
         method = stub.GetHealth if command == "health" else stub.GetStatus
         return console.answer_or_exit(
-            channel, command, target, lambda: method(request, timeout=timeout)
+            channel,
+            command,
+            target,
+            lambda: method(request, timeout=timeout, metadata=metadata),
         )
 
 
@@ -365,16 +376,19 @@ def _print_report(target: str, reply: health_pb2.GetHealthResponse) -> None:
     help="Seconds to wait for an answer.",
 )
 @tls_options
+@click.option("--token", envvar="LAKE_TOKEN", help="Admin token (or $LAKE_TOKEN).")
 @click.pass_context
-def status(ctx: click.Context, address: str | None, timeout: float) -> None:
+def status(
+    ctx: click.Context, address: str | None, timeout: float, token: str | None
+) -> None:
     """
     Print the running server's operator figures as JSON: per-operation usage,
-    pool and cache counters, events waiting for delivery.
+    pool and cache counters, events waiting for delivery. Needs an admin token.
     """
     from google.protobuf import json_format
 
     target = _target(ctx, address)
-    reply = _ask_health(target, "status", timeout, health_pb2.GetStatusRequest())
+    reply = _ask_health(target, "status", timeout, health_pb2.GetStatusRequest(), token)
     figures = console.integral(json_format.MessageToDict(reply.status))
     click.echo(json.dumps(figures, indent=2))
 

@@ -142,6 +142,8 @@ def _validators(profile: str) -> list[Validator]:
             "cache.timeout",
             "cache.cooldown_s",
             "timeseries.maintenance_interval",
+            "auth.refresh_s",
+            "auth.failure_window_s",
             is_type_of=(int, float),
             **positive,
         ),
@@ -186,6 +188,7 @@ def _validators(profile: str) -> list[Validator]:
         *_each(*_TLS_FILES, is_type_of=str),
         *_each("mesh.tls.server_name", "client.tls.server_name", is_type_of=str),
         *_each("grpc.tls.behind_proxy", is_type_of=bool),
+        *_each("auth.max_failures", is_type_of=int, gte=1),
     ]
     if profile == "production":
         # Production never embeds and never guesses where its data lives. (A
@@ -305,6 +308,7 @@ def load_settings(
     _check_pool_sizes(values, profile)
     _check_tls(values, profile)
     check_addresses(values, profile)
+    _check_tokens(values["auth"]["tokens"], profile)
     return values
 
 
@@ -320,6 +324,36 @@ def _lower_map_keys(values: dict[str, Any], maps: frozenset[str]) -> None:
             node = node.get(part) if isinstance(node, dict) else None
         if isinstance(node, dict) and isinstance(node.get(leaf), Mapping):
             node[leaf] = {str(k).lower(): v for k, v in node[leaf].items()}
+
+
+_HASH = re.compile(r"[0-9a-f]{64}")
+
+
+def _token_entry_ok(digest: object, value: object) -> bool:
+    from lake.validation import check_tenant
+
+    entry = value if isinstance(value, Mapping) else {"tenant": value}
+    if not _HASH.fullmatch(str(digest).lower()):
+        return False
+    if entry.get("scope", "write") not in ("read", "write", "admin"):
+        return False
+    try:
+        check_tenant(entry.get("tenant"))
+    except ValueError:
+        return False
+    return True
+
+
+def _check_tokens(tokens: Mapping[str, Any], profile: str) -> None:
+    """
+    Each ``auth.tokens`` entry: a SHA-256 hex -> a tenant, or -> {tenant, scope}.
+    """
+    if not all(_token_entry_ok(d, v) for d, v in tokens.items()):
+        msg = (
+            f"invalid setting auth.tokens in profile {profile!r}: each entry is "
+            '"<sha256 hex>" = "tenant" or { tenant = "t", scope = "read|write|admin" }'
+        )
+        raise ConfigError(msg)
 
 
 def _check_pool_sizes(values: Mapping[str, Any], profile: str) -> None:

@@ -38,6 +38,7 @@ from lake.stores.database import Database
 from lake.stores.migrate import Migrator
 from lake.stores.spatial import PgSpatialStore
 from lake.stores.timeseries import PgTimeSeriesStore
+from lake.stores.tokens import PgTokenStore
 from lake.stores.vector import PgVectorStore
 from lake.stores.versions import open_version_reader
 
@@ -167,6 +168,8 @@ class Container(containers.DeclarativeContainer):
     )
     spatial = providers.Singleton(PgSpatialStore, database, events=events)
     migrator = providers.Singleton(Migrator, database)
+    # API tokens managed at run time; the server reads them once serving.
+    tokens = providers.Singleton(PgTokenStore, database)
     relay = providers.Singleton(
         OutboxRelay,
         database,

@@ -27,9 +27,14 @@ from lake.codec import (
     cache_key,
 )
 from lake.errors import (
+    ConflictError,
     DeadlineExceededError,
     LakeError,
     LifecycleError,
+    NotFoundError,
+    ResourceExhaustedError,
+    TransientError,
+    UnsupportedError,
     ValidationError,
 )
 from lake.health import (
@@ -343,7 +348,7 @@ class ServiceManager:
             try:
                 return await self._bounded(route, operation)
             except LakeError as exc:
-                stats.failures[type(exc).__name__] += 1
+                stats.failures[_failure_kind(exc)] += 1
                 raise
             finally:
                 stats.total_ms += (time.perf_counter() - started) * 1000.0
@@ -438,3 +443,24 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out"
     return f"unexpected {type(exc).__name__}"
+
+
+# Failures are counted by kind, never by exception class name: status output goes
+# to operators' tools, and class names are internals.
+_FAILURE_KINDS: list[tuple[type[LakeError], str]] = [
+    (ValidationError, "invalid_argument"),
+    (NotFoundError, "not_found"),
+    (ConflictError, "conflict"),
+    (UnsupportedError, "unsupported"),
+    (DeadlineExceededError, "deadline_exceeded"),
+    (ResourceExhaustedError, "resource_exhausted"),
+    (TransientError, "unavailable"),
+    (LifecycleError, "unavailable"),
+]
+
+
+def _failure_kind(exc: LakeError) -> str:
+    for kind, name in _FAILURE_KINDS:
+        if isinstance(exc, kind):
+            return name
+    return "internal"

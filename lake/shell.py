@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from lake.api.channels import client_channel, tls_options
+from lake.cli_tokens import register_tokens
 from lake.console import (
     EXIT_REFUSED,
     CsvError,
@@ -24,7 +25,6 @@ from lake.console import (
     read_points,
     unary_methods,
 )
-from lake.errors import LakeError
 from lake.logs import configure_logging
 
 __all__ = ["register"]
@@ -56,29 +56,7 @@ def register(
     Add the shell commands to ``group``.
     """
 
-    @group.group()
-    def token() -> None:
-        """
-        API tokens: make one for a tenant.
-        """
-
-    @token.command("new")
-    @click.option("--tenant", required=True, help="The tenant the token acts for.")
-    def token_new(tenant: str) -> None:
-        """
-        Print a new random token and the settings line that grants it.
-        """
-        from lake.api.auth import hash_token, new_token
-        from lake.validation import check_tenant
-
-        try:
-            check_tenant(tenant)
-        except LakeError as exc:
-            raise click.BadParameter(str(exc), param_hint="--tenant") from None
-        value = new_token()
-        click.echo(f"token: {value}")
-        click.echo("add to [<profile>.auth.tokens] (or LAKE_AUTH__TOKENS):")
-        click.echo(f'"{hash_token(value)}" = "{tenant}"')
+    register_tokens(group, target)
 
     @group.group()
     def peer() -> None:

@@ -18,19 +18,21 @@ import grpc
 import structlog
 from google.protobuf import struct_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from lake.api.admission import Admission, AdmissionInterceptor
-from lake.api.auth import AuthInterceptor
+from lake.api.auth import AuthInterceptor, FailureLimiter, Keyring
 from lake.api.decode import DecodeGuard
+from lake.api.reflection import enable_reflection
 from lake.api.servicer import SpatialServicer, TimeSeriesServicer, VectorsServicer
+from lake.api.tokens import TokensServicer
 from lake.errors import ConfigError
 from lake.health import HealthReport, Status
 from lake.manager import ServiceManager
 from lake.schema import listen_problem
+from lake.tokens import TokenStore
 from lake.v1 import health_pb2 as lake_health_pb2
 from lake.v1 import health_pb2_grpc as lake_health_grpc
-from lake.v1 import lake_pb2, lake_pb2_grpc
+from lake.v1 import lake_pb2, lake_pb2_grpc, tokens_pb2, tokens_pb2_grpc
 
 __all__ = ["LakeServer", "report_to_proto"]
 
@@ -105,7 +107,7 @@ class LakeServer:
         max_message_bytes: int = 4 * 1024 * 1024,
         max_concurrent_rpcs: int = 256,
         reflection_enabled: bool = True,
-        tokens: Mapping[str, str] | None = None,
+        tokens: Mapping[str, Any] | None = None,
         auth_enabled: bool = True,
         max_deadline: float = 30.0,
         max_connection_age: float = 300.0,
@@ -114,6 +116,9 @@ class LakeServer:
         max_streams_per_connection: int = 128,
         stream_idle_timeout: float = 10.0,
         credentials: grpc.ServerCredentials | None = None,
+        token_refresh: float = 2.0,
+        max_auth_failures: int = 20,
+        auth_failure_window: float = 60.0,
     ) -> None:
         self._manager = manager
         self._address = address
@@ -125,8 +130,17 @@ class LakeServer:
             max_open_streams=max_open_streams,
             max_streams_per_peer=max_streams_per_peer,
         )
+        # Settings tokens now; the token table's once serving() is given its store.
+        self.keyring = Keyring(tokens or {})
+        self._token_refresh = token_refresh
+        self._token_watch: asyncio.Task[None] | None = None
         auth = AuthInterceptor(
-            tokens or {}, max_deadline=max_deadline, enabled=auth_enabled
+            self.keyring,
+            max_deadline=max_deadline,
+            enabled=auth_enabled,
+            limiter=FailureLimiter(
+                max_failures=max_auth_failures, window_s=auth_failure_window
+            ),
         )
         self._server = grpc.aio.server(
             # Admission first: a call refused for want of a slot costs nothing more.
@@ -164,14 +178,17 @@ class LakeServer:
         lake_pb2_grpc.add_SpatialServicer_to_server(
             SpatialServicer(manager), self._server
         )
+        tokens_pb2_grpc.add_TokensServicer_to_server(
+            TokensServicer(self.keyring), self._server
+        )
         if reflection_enabled:
             names = (
                 *(s.full_name for s in lake_pb2.DESCRIPTOR.services_by_name.values()),
                 lake_health_pb2.DESCRIPTOR.services_by_name["LakeHealth"].full_name,
+                tokens_pb2.DESCRIPTOR.services_by_name["Tokens"].full_name,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
             )
-            reflection.enable_server_reflection(names, self._server)
+            enable_reflection(names, self._server)
 
     @property
     def address(self) -> str:
@@ -205,10 +222,17 @@ class LakeServer:
             "grpc_listening", address=self.address, tls=self._credentials is not None
         )
 
-    async def serving(self) -> None:
+    async def serving(self, token_store: TokenStore | None = None) -> None:
         """
-        Start-up is done: mark liveness SERVING and keep health current.
+        Start-up is done: mark liveness SERVING and keep health current; with a
+        ``token_store``, accept its tokens and re-read them every token_refresh.
         """
+        if token_store is not None:
+            self.keyring.store = token_store
+            await self.keyring.refresh()
+            self._token_watch = asyncio.create_task(
+                self.keyring.watch(self._token_refresh), name="token-refresh"
+            )
         await self.health.set("", _SERVING)
         await self.refresh()
         self._monitor = asyncio.create_task(self._watch(), name="health-monitor")
@@ -252,11 +276,12 @@ class LakeServer:
         """
         Report NOT_SERVING, refuse new calls, let in-flight calls finish within grace.
         """
-        if self._monitor is not None:
-            self._monitor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._monitor
-            self._monitor = None
+        for task in (self._monitor, self._token_watch):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._monitor = self._token_watch = None
         await self.health.enter_graceful_shutdown()
         await self._server.stop(grace)
         log.info("grpc_stopped")

@@ -21,7 +21,11 @@ from lake.mesh.peers import CortexPeer, PeerServer, StreamPeer
 from lake.resources.embedded import free_port
 from lake.v1 import lake_pb2_grpc
 
-TOKENS = {"token-a": "tenant-a", "token-b": "tenant-b"}
+TOKENS: dict[str, Any] = {
+    "token-a": "tenant-a",
+    "token-b": "tenant-b",
+    "token-admin": {"tenant": "tenant-a", "scope": "admin"},
+}
 
 
 def auth(token: str = "token-a") -> tuple[tuple[str, str], ...]:
@@ -60,8 +64,7 @@ def stream_address() -> str:
 async def running_lake(
     settings: dict[str, Any], **server_options: Any
 ) -> AsyncIterator[tuple[LakeServer, ServiceManager, grpc.aio.Channel]]:
-    """A started manager and gRPC server on 127.0.0.1:0, and a channel to it.
-
+    """A started manager and gRPC server on 127.0.0.1:0, and a channel to it;
     ``server_options`` override LakeServer's keyword arguments."""
     container = create_container(settings)
     manager: ServiceManager = await aresolve(container.manager)
@@ -69,12 +72,13 @@ async def running_lake(
     options: dict[str, Any] = {
         "address": "127.0.0.1:0",
         "interval": 0.2,
-        "tokens": {hash_token(t): tenant for t, tenant in TOKENS.items()},
+        "tokens": {hash_token(t): grant for t, grant in TOKENS.items()},
         "max_deadline": 5.0,
     }
     server = LakeServer(manager, **(options | server_options))
     await server.start()
-    await server.serving()
+    tokens = await aresolve(container.tokens)
+    await server.serving(tokens)
     channel = grpc.aio.insecure_channel(server.address)
     try:
         yield server, manager, channel

@@ -81,7 +81,9 @@ async def test_token_less_watch_streams_cannot_starve_probes_or_calls(lake_setti
             )
             assert list(found.matches) == []
             status = await lake_health_grpc.LakeHealthStub(channel).GetStatus(
-                lake_health_pb2.GetStatusRequest(), timeout=5
+                lake_health_pb2.GetStatusRequest(),
+                metadata=auth("token-admin"),
+                timeout=5,
             )
             counts = json_format.MessageToDict(status.status)["admission"]
             assert counts["open_streams"] == admitted

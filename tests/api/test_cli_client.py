@@ -142,7 +142,9 @@ async def test_status_reports_usage_pool_cache_and_backlog(api):
         ),
         metadata=auth(),
     )
-    code, out, err = await lake("status", "--address", api.server.address)
+    code, out, err = await lake(
+        "status", "--address", api.server.address, "--token", "token-admin"
+    )
     assert code == 0, err
     status = json.loads(out)
     assert status["state"] == "running"

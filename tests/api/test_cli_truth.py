@@ -76,7 +76,16 @@ async def test_call_reaches_the_health_services(api):
     }
     results = await asyncio.gather(
         *(
-            lake("call", method, "--address", api.server.address, "-d", "{}")
+            lake(
+                "call",
+                method,
+                "--address",
+                api.server.address,
+                "--token",
+                "token-admin",  # GetStatus needs an admin token
+                "-d",
+                "{}",
+            )
             for method in checks
         )
     )
@@ -91,7 +100,9 @@ async def test_status_counters_are_integers(api):
         await api.spatial.Nearest(
             lake_pb2.NearestRequest(lon=0, lat=0), metadata=auth()
         )
-    code, out, err = await lake("status", "--address", api.server.address)
+    code, out, err = await lake(
+        "status", "--address", api.server.address, "--token", "token-admin"
+    )
     assert code == 0, err
     calls = json.loads(out)["operations"]["FeaturesNearest"]["calls"]
     assert calls == 3

@@ -14,7 +14,7 @@ from google.protobuf import duration_pb2, struct_pb2
 from structlog.testing import capture_logs
 
 from lake.api import convert
-from lake.v1 import lake_pb2, lake_pb2_grpc
+from lake.v1 import lake_pb2, lake_pb2_grpc, tokens_pb2, tokens_pb2_grpc
 from tests.api.conftest import auth, running_lake
 from tests.api.test_api import NOW, expect, stamp, us
 
@@ -335,3 +335,19 @@ async def test_an_aggregate_that_overflows_is_invalid_argument(api):
     assert details == "request: a number overflows what the database holds"
     refused = [e for e in logs if e["event"] == "rpc_refused"]
     assert refused[0]["detail"].startswith("sqlstate 22003 (")
+
+
+@pytest.mark.parametrize("seconds", [2**63 - 1, -(2**63)])
+async def test_token_expiry_beyond_any_duration_is_invalid(api, seconds):
+    """Tokens.Create with expires_in of +-2^63 s: INVALID_ARGUMENT, not INTERNAL."""
+    stub = tokens_pb2_grpc.TokensStub(api.channel)
+    request = tokens_pb2.CreateTokenRequest(
+        tenant="tenant-a",
+        scope=tokens_pb2.TOKEN_SCOPE_READ,
+        expires_in=duration_pb2.Duration(seconds=seconds),
+    )
+    details = await expect(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        stub.Create(request, metadata=auth("token-admin")),
+    )
+    assert details.startswith("expires_in:")

@@ -223,7 +223,8 @@ async def test_transient_store_failure_is_retried():
 
 
 async def test_permanent_store_failure_is_raised_and_counted():
-    """A non-transient store error reaches the caller once and is counted."""
+    """A non-transient store error reaches the caller once and is counted by kind
+    (never by exception class name)."""
     fakes = Fakes()
     fakes.vectors.fail_next = [StoreError("nope"), StoreError("nope")]
     manager = make_manager(FakeResourceSet(fakes.components()))
@@ -231,7 +232,7 @@ async def test_permanent_store_failure_is_raised_and_counted():
     with pytest.raises(StoreError, match="nope"):
         await manager.coordinate(UpsertVectors("t1", "docs", [VectorItem("a", [1.0])]))
     assert len(fakes.vectors.fail_next) == 1
-    assert manager.stats["UpsertVectors"].failures == {"StoreError": 1}
+    assert manager.stats["UpsertVectors"].failures == {"internal": 1}
 
 
 async def test_health_before_start_is_not_ready():

@@ -15,12 +15,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lake.api.auth import _TENANT
+from lake.api.auth import _PRINCIPAL, Principal
 from lake.api.servicer import SpatialServicer, TimeSeriesServicer, VectorsServicer
 from lake.manager import ServiceManager
 from lake.models import Collection, VectorMatch
 from lake.operations import Limits
 from lake.resilience import RetryPolicy
+from lake.tokens import Scope
 from tests.fakes import FakeResourceSet, Fakes, FakeVectorStore
 from tests.strategies import lake_methods, requests_for
 
@@ -79,13 +80,13 @@ async def servicers() -> AsyncIterator[dict[str, Any]]:
         check_timeout=0.2,
     )
     await manager.start()
-    token = _TENANT.set("t1")
+    token = _PRINCIPAL.set(Principal("t1", Scope.WRITE))
     yield {
         "Vectors": VectorsServicer(manager),
         "TimeSeries": TimeSeriesServicer(manager),
         "Spatial": SpatialServicer(manager),
     }
-    _TENANT.reset(token)
+    _PRINCIPAL.reset(token)
     await manager.stop()
 
 
