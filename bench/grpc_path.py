@@ -1,0 +1,220 @@
+"""
+Lake over the wire: gRPC Spatial.Nearest against a bare grpc.aio echo, side by side.
+
+Run ``uv run python -m bench.grpc_path`` (``--help`` for sizes). It starts
+PostgreSQL and Redis from the embedded wheels, a Lake server (``python -m lake
+serve``, testing profile) and a bare echo server (``bench/echo.py``) as processes of
+their own, loads features through the API, then measures in interleaved rounds,
+with ``--in-flight`` calls outstanding:
+
+- ``echo``: the echo server, a 64-byte request;
+- ``hit``: ``Spatial.Nearest`` over a small repeated set (cacheable);
+- ``miss``: ``Spatial.Nearest`` at points never asked before (unique requests).
+
+For each it prints calls/s (median and spread over the rounds), the per-round ratio
+to the echo, and the server process's CPU time per call (user + system, from
+``/proc``), so "Lake's own cost per call" is a measured number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from lake.api.auth import hash_token
+from lake.resources.embedded import Endpoint, embedded_servers, free_port
+from lake.v1 import lake_pb2, lake_pb2_grpc
+
+TOKEN = "bench-token"  # noqa: S105 -- a throwaway token for a local benchmark
+AUTH = (("authorization", f"Bearer {TOKEN}"),)
+Call = Callable[[int], Awaitable[object]]
+
+
+def cpu_seconds(pid: int) -> float:
+    """
+    User + system CPU seconds a process has used so far.
+    """
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+@contextmanager
+def process(args: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    """
+    A child process, terminated on exit.
+    """
+    proc = subprocess.Popen(  # noqa: S603 -- our own interpreter and modules
+        [sys.executable, *args], env=env, stdout=subprocess.DEVNULL
+    )
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def lake_env(pg: Endpoint, redis: Endpoint, port: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        LAKE_ENV="testing",
+        LAKE_GRPC__ADDRESS=f"127.0.0.1:{port}",
+        LAKE_POSTGRES__DSN=pg.url,
+        LAKE_POSTGRES__PASSWORD=pg.password,
+        LAKE_REDIS__URL=redis.url,
+        LAKE_REDIS__PASSWORD=redis.password,
+        LAKE_AUTH__TOKENS=f'{{ "{hash_token(TOKEN)}" = "bench" }}',
+        LAKE_LOGGING__LEVEL="WARNING",
+    )
+    return env
+
+
+async def wait_serving(target: str, service: str, seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + seconds
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                reply = await stub.Check(
+                    health_pb2.HealthCheckRequest(service=service), timeout=1
+                )
+            except grpc.aio.AioRpcError:
+                reply = None
+            if reply is not None and reply.status == reply.SERVING:
+                return
+            await asyncio.sleep(0.1)
+    msg = f"{target} not serving {service!r} in {seconds:g}s"
+    raise RuntimeError(msg)
+
+
+async def rate(n: int, call: Call, in_flight: int) -> float:
+    next_i = iter(range(n))
+
+    async def worker() -> None:
+        for i in next_i:
+            await call(i)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(in_flight)))
+    return n / (time.perf_counter() - started)
+
+
+async def load(spatial: Any, n: int) -> None:
+    rng = random.Random(7)
+    for i in range(0, n, 2000):
+        features = [
+            lake_pb2.Feature(
+                id=f"f{j}", lon=rng.uniform(-10, 30), lat=rng.uniform(35, 60)
+            )
+            for j in range(i, min(i + 2000, n))
+        ]
+        await spatial.Upsert(
+            lake_pb2.UpsertFeaturesRequest(features=features), metadata=AUTH
+        )
+
+
+def where(i: int) -> lake_pb2.NearestRequest:
+    r = random.Random(i)
+    return lake_pb2.NearestRequest(lon=r.uniform(-10, 30), lat=r.uniform(35, 60), k=10)
+
+
+def _spread(values: list[float], digits: int = 2) -> str:
+    return (
+        f"{statistics.median(values):.{digits}f}"
+        f" ({min(values):.{digits}f}-{max(values):.{digits}f})"
+    )
+
+
+async def run(args: argparse.Namespace, pg: Endpoint, redis: Endpoint) -> None:
+    lake_port, echo_port = free_port(), free_port()
+    env = lake_env(pg, redis, lake_port)
+    with (
+        process(["-m", "lake", "serve"], env) as lake,
+        process(["-m", "bench.echo", str(echo_port)], dict(os.environ)) as echo,
+    ):
+        lake_target, echo_target = f"127.0.0.1:{lake_port}", f"127.0.0.1:{echo_port}"
+        await wait_serving(lake_target, "lake.ready")
+        async with (
+            grpc.aio.insecure_channel(lake_target) as lake_channel,
+            grpc.aio.insecure_channel(echo_target) as echo_channel,
+        ):
+            spatial: Any = lake_pb2_grpc.SpatialStub(lake_channel)
+            echo_call: Any = echo_channel.unary_unary("/bench.Echo/Echo", None, None)
+            payload = b"x" * 64
+            await load(spatial, args.features)
+            unique = iter(range(10**6, 10**9))
+
+            async def echo_one(i: int) -> object:
+                return await echo_call(payload, timeout=10)
+
+            async def hit(i: int) -> object:
+                return await spatial.Nearest(where(i % 64), metadata=AUTH, timeout=10)
+
+            async def miss(i: int) -> object:
+                request = where(next(unique))
+                return await spatial.Nearest(request, metadata=AUTH, timeout=10)
+
+            paths: dict[str, tuple[Call, int]] = {
+                "echo": (echo_one, echo.pid),
+                "hit": (hit, lake.pid),
+                "miss": (miss, lake.pid),
+            }
+            for call, _ in paths.values():  # warm up, and fill the cache for hits
+                await rate(300, call, args.in_flight)
+            qps: dict[str, list[float]] = {name: [] for name in paths}
+            cpu: dict[str, list[float]] = {name: [] for name in paths}
+            for _ in range(args.rounds):
+                for name, (call, pid) in paths.items():
+                    before = cpu_seconds(pid)
+                    qps[name].append(await rate(args.calls, call, args.in_flight))
+                    cpu[name].append((cpu_seconds(pid) - before) / args.calls * 1e6)
+    print(f"\ngRPC, {args.in_flight} calls in flight, {args.rounds} rounds")
+    print("  path   calls/s median (min-max)   server CPU us/call   ratio to echo")
+    for name in paths:
+        ratios = [a / b for a, b in zip(qps[name], qps["echo"], strict=True)]
+        print(
+            f"  {name:<6} {_spread(qps[name], 0):<26} {_spread(cpu[name], 0):<20}"
+            f" {_spread(ratios)}"
+        )
+
+
+def main() -> None:
+    """
+    Parse sizes, start the servers, run and print.
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.grpc_path",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--features", type=int, default=20_000)
+    parser.add_argument("--calls", type=int, default=3_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--in-flight", type=int, default=32)
+    args = parser.parse_args()
+    with (
+        tempfile.TemporaryDirectory(prefix="lake-bench-") as tmp,
+        embedded_servers(Path(tmp)) as ends,
+    ):
+        asyncio.run(run(args, ends["postgres"], ends["redis"]))
+
+
+if __name__ == "__main__":
+    main()
