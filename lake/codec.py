@@ -53,13 +53,18 @@ def _dumps(value: object) -> bytes:
     ).encode()
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
 def _fingerprint(operation: object) -> bytes:
     # Field by field; float sequences (query vectors) packed as doubles, which is
     # exact and some 50x cheaper than JSON through dataclasses.asdict.
     parts = [type(operation).__name__.encode()]
     for f in dataclasses.fields(operation):  # type: ignore[arg-type]
         value = getattr(operation, f.name)
-        if isinstance(value, list | tuple) and value and isinstance(value[0], float):
+        if type(value) in _SCALARS:  # repr is exact for these, and cheap
+            parts.append(repr(value).encode())
+        elif isinstance(value, list | tuple) and value and isinstance(value[0], float):
             parts.append(array("d", value).tobytes())
         else:
             parts.append(_dumps(value))

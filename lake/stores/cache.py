@@ -205,7 +205,14 @@ class RedisCache:
             policy.loaded(time.perf_counter() - started)
             return value
         started = time.perf_counter()
-        cached, current = await asyncio.gather(self.get(key), version())
+        # The version read runs beside the GET: one task, not gather's two.
+        current_version = asyncio.ensure_future(version())
+        try:
+            cached = await self.get(key)
+        except BaseException:  # cancelled: the version read is not wanted either
+            current_version.cancel()
+            raise
+        current = await current_version
         looked = time.perf_counter() - started
         tag = current.encode() + b"\n"
         if cached is not None and cached.startswith(tag):

@@ -43,6 +43,7 @@ async def test_repeated_read_is_served_from_redis(container, manager):
     cache = await container.cache()
     op = SearchVectors("t1", "docs", [1.0, 0.0], k=5)
     first = await manager.coordinate(op)
+    await cache.drain()  # the write-back runs after the answer
     hits = cache.hits
     second = await manager.coordinate(op)
     assert second == first
