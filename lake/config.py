@@ -171,7 +171,9 @@ def _validators(profile: str) -> list[Validator]:
         ),
         # Past ~2.7 kB PostgreSQL refuses a series' btree row; keep well below.
         *_each("limits.max_tags_bytes", lte=2048),
+        *_each("redis.max_connections", is_type_of=int, gte=1),
         *_each(
+            "redis.pool_wait",
             "grpc.stream_idle_timeout_s",
             "health.loop_lag_threshold_ms",
             is_type_of=(int, float),

@@ -115,6 +115,7 @@ class Container(containers.DeclarativeContainer):
         retries=config.redis.retries,
         health_check_interval=config.redis.health_check_interval,
         max_connections=config.redis.max_connections,
+        pool_wait=config.redis.pool_wait,
         ssl_ca_file=config.redis.ssl_ca_file,
         ssl_cert_file=config.redis.ssl_cert_file,
         ssl_key_file=config.redis.ssl_key_file,

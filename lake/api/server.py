@@ -113,7 +113,7 @@ class LakeServer:
         max_connection_age: float = 300.0,
         max_open_streams: int = 64,
         max_streams_per_peer: int = 8,
-        max_streams_per_connection: int = 128,
+        max_streams_per_connection: int = 256,
         stream_idle_timeout: float = 10.0,
         credentials: grpc.ServerCredentials | None = None,
         token_refresh: float = 2.0,

@@ -53,7 +53,8 @@ async def open_redis(
     socket_connect_timeout: float = 0.1,
     retries: int = 0,
     health_check_interval: int = 0,
-    max_connections: int = 64,
+    max_connections: int = 256,
+    pool_wait: float = 0.05,
     close_timeout: float = 2.0,
     ssl_ca_file: str = "",
     ssl_cert_file: str = "",
@@ -64,9 +65,15 @@ async def open_redis(
 
     A Redis that does not answer at start-up is logged, not raised: the cache is not
     needed to serve, so Lake starts degraded and the health monitor reports it.
+    ``pool_wait`` bounds the wait for a free pooled connection (keep it below the
+    cache timeout, so that a full pool reads as busy, not as Redis failing).
     """
-    client = aioredis.Redis.from_url(
+    # A blocking pool: past max_connections a call waits (within pool_wait) for a
+    # free connection instead of raising MaxConnectionsError, which turned the
+    # cache off for a cooldown under load.
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        timeout=pool_wait,
         password=password or None,
         socket_timeout=socket_timeout,
         socket_connect_timeout=socket_connect_timeout,
@@ -78,6 +85,7 @@ async def open_redis(
         decode_responses=False,
         **_tls_options(url, ssl_ca_file, ssl_cert_file, ssl_key_file),
     )
+    client = aioredis.Redis.from_pool(pool)  # the client owns and closes the pool
     try:
         try:
             await client.ping()

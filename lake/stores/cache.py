@@ -30,6 +30,13 @@ log = structlog.get_logger(__name__)
 _RETRY = object()  # the loading caller was cancelled: waiters load for themselves
 
 
+def _pool_busy(exc: BaseException) -> bool:
+    # What redis-py's BlockingConnectionPool raises when its wait runs out.
+    return isinstance(
+        exc, aioredis.ConnectionError
+    ) and "No connection available" in str(exc)
+
+
 @dataclass(slots=True)
 class RoutePolicy:
     """
@@ -129,6 +136,7 @@ class RedisCache:
         self.hits = 0
         self.misses = 0
         self.errors = 0
+        self.busy = 0
         self.routes: dict[str, RoutePolicy] = {}
 
     @property
@@ -139,6 +147,11 @@ class RedisCache:
         return time.monotonic() >= self._skip_until
 
     def _failed(self, action: str, exc: BaseException) -> None:
+        if _pool_busy(exc):
+            # Every pooled connection is in use: Lake is busy, Redis is not sick.
+            # A miss, without the cooldown that would switch the cache off.
+            self.busy += 1
+            return
         self.errors += 1
         now = time.monotonic()
         self._skip_until = now + self._cooldown_s
@@ -294,6 +307,7 @@ class RedisCache:
             "hits": self.hits,
             "misses": self.misses,
             "errors": self.errors,
+            "busy": self.busy,
             "skipping": int(not self.available),
             "routes": {name: p.stats() for name, p in self.routes.items()},
         }

@@ -177,3 +177,32 @@ async def test_huge_messages_keep_readiness_and_report_loop_lag(lake_settings):
         # readiness, and never a database check.
         assert not names["event_loop"].critical
         assert names["postgres"].status == lake_health_pb2.STATUS_UP
+
+
+async def test_256_concurrent_reads_never_switch_the_cache_off(lake_settings):
+    """256 calls at once on a pool of 8 Redis connections: calls wait or miss, the
+    cache counts no error and is never skipped (no MaxConnectionsError cooldown)."""
+    lake_settings["redis"]["max_connections"] = 8
+    async with running_lake(lake_settings) as (_, manager, channel):
+        spatial = lake_pb2_grpc.SpatialStub(channel)
+        await spatial.Upsert(
+            lake_pb2.UpsertFeaturesRequest(
+                features=[
+                    lake_pb2.Feature(id=f"f{i}", lon=i * 0.01, lat=45.0)
+                    for i in range(50)
+                ]
+            ),
+            metadata=auth(),
+        )
+
+        async def read(i: int):
+            request = lake_pb2.NearestRequest(lon=(i % 16) * 0.01, lat=45.0, k=3)
+            return await spatial.Nearest(request, metadata=auth(), timeout=30)
+
+        for _ in range(2):
+            replies = await asyncio.gather(*(read(i) for i in range(256)))
+            assert all(len(r.matches) == 3 for r in replies)
+        stats = (await manager.status())["cache"]
+        assert stats["errors"] == 0, stats
+        assert stats["skipping"] == 0, stats
+        assert stats["hits"] + stats["misses"] > 0, stats

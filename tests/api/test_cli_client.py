@@ -151,5 +151,12 @@ async def test_status_reports_usage_pool_cache_and_backlog(api):
     assert status["operations"]["FeaturesNearest"]["calls"] == 3
     assert status["operations"]["UpsertFeatures"]["calls"] == 1
     assert status["pool"]["max_size"] >= status["pool"]["size"] >= 1
-    assert set(status["cache"]) == {"hits", "misses", "errors", "skipping", "routes"}
+    assert set(status["cache"]) == {
+        "hits",
+        "misses",
+        "errors",
+        "busy",
+        "skipping",
+        "routes",
+    }
     assert status["events_pending"] == 1  # the stream peer is down in this fixture
