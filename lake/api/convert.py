@@ -140,6 +140,8 @@ def matches_out(matches: Sequence[VectorMatch]) -> lake_pb2.SearchVectorsRespons
         match.distance = m.distance
         if m.metadata:
             match.metadata.update(m.metadata)
+        else:
+            match.metadata.SetInParent()
     return out
 
 
@@ -198,4 +200,6 @@ def features_out(matches: Sequence[FeatureMatch]) -> lake_pb2.FeaturesResponse:
         feature.lat = m.feature.lat
         if m.feature.properties:
             feature.properties.update(m.feature.properties)
+        else:
+            feature.properties.SetInParent()  # present and empty, as before
     return out
