@@ -55,6 +55,7 @@ from lake.models import (
     PointPage,
     VectorMatch,
 )
+from lake.offload import run_heavy
 from lake.operations import (
     AggregatePoints,
     CreateCollection,
@@ -339,7 +340,9 @@ class ServiceManager:
             problem = f"unknown operation {type(operation).__name__}"
             raise ValidationError(field="operation", problem=problem)
         self._running()
-        operation.validate(self._limits)
+        # Checking a million vector values takes ~150 ms: big operations are
+        # checked on the worker thread, so the event loop keeps serving meanwhile.
+        await run_heavy(partial(operation.validate, self._limits), _weight(operation))
         name = type(operation).__name__
         stats = self.stats.setdefault(name, OperationStats())
         stats.calls += 1
@@ -435,6 +438,21 @@ class ServiceManager:
                 for k, v in self.stats.items()
             },
         }
+
+
+def _weight(op: Operation) -> int:
+    """
+    About how many values validating ``op`` visits (0 for the small ones).
+    """
+    if isinstance(op, UpsertVectors):
+        return sum(len(item.vector) for item in op.items)
+    if isinstance(op, WritePointsMany):
+        return sum(len(w.points) for w in op.writes) * 2
+    if isinstance(op, WritePoints):
+        return len(op.points) * 2
+    if isinstance(op, UpsertFeatures):
+        return len(op.features) * 20
+    return 0
 
 
 def _describe(exc: BaseException) -> str:

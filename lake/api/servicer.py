@@ -22,6 +22,7 @@ from lake.api.fields import request_field
 from lake.errors import DeadlineExceededError, ValidationError
 from lake.manager import ServiceManager
 from lake.models import Collection, Limits, Point, TextItem, VectorItem
+from lake.offload import run_heavy
 from lake.operations import (
     AggregatePoints,
     CreateCollection,
@@ -66,6 +67,10 @@ def _serve(handler: Handler[R]) -> Callable[[Any, Any, Context], Awaitable[R]]:
     return rpc
 
 
+# Converting a feature (a Struct of properties) costs about 20 values' worth.
+FEATURE_WEIGHT = 20
+
+
 def _default(value: int, default: int) -> int:
     return value or default
 
@@ -105,10 +110,15 @@ class VectorsServicer(lake_pb2_grpc.VectorsServicer):
         self, request: lake_pb2.UpsertVectorsRequest, context: Context, tenant: str
     ) -> lake_pb2.UpsertVectorsResponse:
         _at_most(len(request.items), "items", self._manager.limits.max_batch)
-        items = [
-            VectorItem(it.id, list(it.values), convert.from_struct(it.metadata))
-            for it in request.items
-        ]
+
+        def convert_items() -> list[VectorItem]:
+            return [
+                VectorItem(it.id, list(it.values), convert.from_struct(it.metadata))
+                for it in request.items
+            ]
+
+        weight = sum(len(it.values) for it in request.items)
+        items = await run_heavy(convert_items, weight)
         n = await self._manager.coordinate(
             UpsertVectors(tenant, request.collection, items)
         )
@@ -336,7 +346,10 @@ class SpatialServicer(lake_pb2_grpc.SpatialServicer):
         self, request: lake_pb2.UpsertFeaturesRequest, context: Context, tenant: str
     ) -> lake_pb2.UpsertFeaturesResponse:
         _at_most(len(request.features), "features", self._manager.limits.max_batch)
-        features = [convert.feature_in(f) for f in request.features]
+        features = await run_heavy(
+            lambda: [convert.feature_in(f) for f in request.features],
+            len(request.features) * FEATURE_WEIGHT,
+        )
         n = await self._manager.coordinate(UpsertFeatures(tenant, features))
         return lake_pb2.UpsertFeaturesResponse(upserted=n)
 

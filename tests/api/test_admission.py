@@ -206,3 +206,37 @@ async def test_256_concurrent_reads_never_switch_the_cache_off(lake_settings):
         assert stats["errors"] == 0, stats
         assert stats["skipping"] == 0, stats
         assert stats["hits"] + stats["misses"] > 0, stats
+
+
+async def test_largest_vector_upserts_leave_the_event_loop_free(lake_settings):
+    """Four ~4 MB Upserts (a million values each) at once: converted and checked off
+    the event loop (one worker thread), so its lag stays far under what converting
+    them on the loop costs (~200 ms here; ~50 ms off it, this test's client
+    included) and readiness holds."""
+    lake_settings["health"]["loop_lag_threshold_ms"] = 120.0
+    async with running_lake(lake_settings) as (_, manager, channel):
+        vectors = lake_pb2_grpc.VectorsStub(channel)
+        await vectors.CreateCollection(
+            lake_pb2.CreateCollectionRequest(
+                collection="big", dim=1000, metric=lake_pb2.METRIC_L2
+            ),
+            metadata=auth(),
+        )
+        await manager.health()  # a fresh lag window before the load
+        big = lake_pb2.UpsertVectorsRequest(
+            collection="big",
+            items=[
+                lake_pb2.VectorItem(id=f"v{i}", values=[(i % 7) * 0.1] * 1000)
+                for i in range(1000)
+            ],
+        )
+        assert big.ByteSize() < 4 * 1024 * 1024
+        # Each its own request: the same vectors again are an idempotent upsert.
+        replies = await asyncio.gather(
+            *(vectors.Upsert(big, metadata=auth(), timeout=60) for _ in range(4))
+        )
+        assert [r.upserted for r in replies] == [1000] * 4
+        report = await manager.health()
+        loop = report.component("event_loop")
+        assert loop.status.name == "UP", loop
+        assert report.ready
