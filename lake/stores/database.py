@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
+import structlog
 
 from lake import deadline
 from lake.errors import (
@@ -94,6 +95,12 @@ def _translated(exc: BaseException) -> LakeError:
         return ValidationError("request", "too large for the database to store")
     return StoreError("database error")
 
+
+# Tables the stores bulk-load, analyzed after big writes (see Database.wrote).
+_ANALYZABLE = {name: name for name in ("features", "vector_items", "ts_data")}
+_ANALYZE_MIN_ROWS = 1000
+
+log = structlog.get_logger(__name__)
 
 _SETTING = re.compile(r"[a-z_][a-z0-9_.]{0,62}")
 APP_ROLE = "lake_app"
@@ -190,6 +197,10 @@ class Database:
         self._acquire_timeout = acquire_timeout
         self._acquire_timeouts = 0
         self._namespace: str | None = None
+        # Rows written per table since its last ANALYZE, and its size then.
+        self._written: dict[str, int] = {}
+        self._analyzed_rows: dict[str, float] = {}
+        self._analyzing: dict[str, asyncio.Task[None]] = {}
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Any]:
@@ -283,6 +294,42 @@ class Database:
             except Exception as exc:
                 raise translate_pg_error(exc) from None
         return f"{self._namespace}:{gen or 0}"
+
+    def wrote(self, table: str, rows: int) -> None:
+        """
+        Note ``rows`` committed into ``table``; past a threshold, ANALYZE it soon.
+
+        A table loaded in bulk has no planner statistics until autovacuum comes by
+        (up to a minute or more): meanwhile the planner does not use its indexes. A
+        freshly loaded features table answered nearest-10 by sorting every row
+        (64 ms instead of 0.24 ms): "the miss path degrades" on a fresh ``lake
+        serve``. So a table that took more than 1,000 rows and 10 % of its size
+        since its last analysis is analyzed in the background, once at a time.
+        """
+        written = self._written.get(table, 0) + rows
+        self._written[table] = written
+        threshold = max(_ANALYZE_MIN_ROWS, 0.1 * self._analyzed_rows.get(table, 0.0))
+        running = self._analyzing.get(table)
+        if written < threshold or (running is not None and not running.done()):
+            return
+        self._written[table] = 0
+        self._analyzing[table] = asyncio.create_task(
+            self._analyze(table), name=f"analyze-{table}"
+        )
+
+    async def _analyze(self, table: str) -> None:
+        try:
+            async with self.connection() as conn:
+                # The table name is one of the stores' own constants, never input.
+                await conn.execute(f"ANALYZE {_ANALYZABLE[table]}")
+                rows = await conn.fetchval(
+                    "SELECT reltuples FROM pg_class WHERE oid = $1::regclass", table
+                )
+        except Exception as exc:  # statistics are an optimisation: log, go on
+            log.warning("analyze_failed", table=table, error=type(exc).__name__)
+            return
+        self._analyzed_rows[table] = max(float(rows or 0.0), 0.0)
+        log.info("table_analyzed", table=table, rows=int(self._analyzed_rows[table]))
 
     async def ping(self) -> str | None:
         """

@@ -62,6 +62,7 @@ class PgSpatialStore:
                 SPATIAL_SCOPE,
                 ("features.upserted", event) if self._events else None,
             )
+        self._db.wrote("features", len(rows))
         return len(rows)
 
     async def nearby(

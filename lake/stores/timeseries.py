@@ -281,6 +281,7 @@ class PgTimeSeriesStore:
                     series_scope(metric),
                     ("points.written", event) if self._events else None,
                 )
+        self._db.wrote("ts_data", stored)
         return stored
 
     @staticmethod

@@ -183,6 +183,7 @@ class PgVectorStore:
                 vector_scope(collection),
                 ("vectors.upserted", event) if self._events else None,
             )
+        self._db.wrote("vector_items", len(rows))
         return len(rows)
 
     async def search(
