@@ -230,6 +230,7 @@ class ServiceManager:
             if was is State.RUNNING:
                 if self._components is not None:
                     await self._components.cache.drain()
+                    await self._components.database.drain()
                 await self._close_quietly()
             self._components = None
             self._state = State.STOPPED

@@ -61,6 +61,11 @@ class Database(Pingable, Protocol):
         The cache version of a scope, changed by every write to it.
         """
 
+    async def drain(self) -> None:
+        """
+        Finish or cancel background work (table analyses) before the pool closes.
+        """
+
     def metrics(self) -> dict[str, int]:
         """
         Pool size, idle and in-use connections, bounds, acquire timeouts.

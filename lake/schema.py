@@ -310,7 +310,12 @@ def _check_url(value: str, schemes: tuple[str, ...], what: str) -> None:
         port = hostport.rpartition("]")[2] if hostport.startswith("[") else hostport
         _, sep, port = port.rpartition(":")
         if sep and (not port.isdigit() or not 1 <= int(port) <= 65535):
-            msg = f"port {port!r} is not a number from 1 to 65535"
+            # Never the text itself: a password with an unencoded '/', '#' or '?'
+            # splits there and would be shown here as the "port".
+            msg = (
+                "a port is not a number from 1 to 65535 (percent-encode any '/',"
+                " '#', '?' or '@' in the password)"
+            )
             raise ValueError(msg)
 
 

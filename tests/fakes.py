@@ -98,6 +98,9 @@ class FakeDatabase(FakePingable):
     async def cache_version(self, tenant: str, scope: str) -> str:
         return f"fake:{self.generations.get((tenant, scope), 0)}"
 
+    async def drain(self) -> None:
+        self.drained = True
+
 
 class FakeCache(FakePingable):
     """

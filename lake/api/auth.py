@@ -143,6 +143,9 @@ class Keyring:
         self._cache: dict[str, Principal] = {}
         self._cache_size = cache_size
         self._refresh_failing = False
+        # One refresh at a time: a slow read must not land after a newer one (a
+        # revoked token would come back until the next refresh).
+        self._refresh_lock = asyncio.Lock()
         self.store: TokenStore | None = None
 
     def lookup(self, token: str) -> Principal | str:
@@ -176,8 +179,12 @@ class Keyring:
         """
         if self.store is None:
             return False
+        async with self._refresh_lock:
+            return await self._refresh(self.store)
+
+    async def _refresh(self, store: TokenStore) -> bool:
         try:
-            records = await self.store.snapshot()
+            records = await store.snapshot()
         except LakeError as exc:
             if not self._refresh_failing:
                 kept = len(self._live)
@@ -214,7 +221,22 @@ class Keyring:
         """
         while True:
             await asyncio.sleep(interval)
-            await self.refresh()
+            try:
+                # Bounded: a silent network must not stall revocations unseen.
+                async with asyncio.timeout(max(interval * 5, 1.0)):
+                    await self.refresh()
+            except Exception as exc:  # never let the loop die quietly
+                log.warning(
+                    "token_refresh_failed",
+                    reason=_refresh_reason(exc),
+                    kept=len(self._live),
+                )
+
+
+def _refresh_reason(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return str(exc) if isinstance(exc, LakeError) else "unexpected failure"
 
 
 def _peer_host(peer: str) -> str:
@@ -368,8 +390,6 @@ class AuthInterceptor(_Interceptor):
         if not self._enabled:
             return Principal(tenant=str(asked or "default"), scope=Scope.ADMIN)
         peer = context.peer() or "unknown"
-        if self._limiter.blocked(peer):
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "too many failures")
         scheme, _, token = str(metadata.get("authorization", "")).partition(" ")
         token = token.strip()
         found = (
@@ -378,6 +398,13 @@ class AuthInterceptor(_Interceptor):
             else "missing"
         )
         if isinstance(found, str):
+            # The limit applies to failures only: a valid token always passes, so
+            # one bad client behind a shared address (a TLS proxy) cannot lock
+            # every other client out. A blocked peer's failures cost no log line.
+            if self._limiter.blocked(peer):
+                await context.abort(
+                    grpc.StatusCode.UNAUTHENTICATED, "too many failures"
+                )
             await self._refuse_unauthenticated(context, peer, found)
         if asked is not None and asked != found.tenant:
             log.warning("auth_failed", peer=peer, reason="tenant_mismatch")

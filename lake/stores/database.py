@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import re
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -99,6 +101,7 @@ def _translated(exc: BaseException) -> LakeError:
 # Tables the stores bulk-load, analyzed after big writes (see Database.wrote).
 _ANALYZABLE = {name: name for name in ("features", "vector_items", "ts_data")}
 _ANALYZE_MIN_ROWS = 1000
+_ANALYZE_BACKOFF_S = 300.0
 
 log = structlog.get_logger(__name__)
 
@@ -201,6 +204,7 @@ class Database:
         self._written: dict[str, int] = {}
         self._analyzed_rows: dict[str, float] = {}
         self._analyzing: dict[str, asyncio.Task[None]] = {}
+        self._analyze_after: dict[str, float] = {}
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Any]:
@@ -278,7 +282,7 @@ class Database:
                     raise translate_pg_error(exc) from None
         reader = self._versions
         if reader is not None and reader.usable:
-            # A failed reader logged why; the pool answers this read instead.
+            # A failed, stuck or closed reader: the pool answers this read instead.
             with contextlib.suppress(Exception):
                 gen = await reader.generation(tenant, scope)
                 return f"{self._namespace}:{gen}"
@@ -312,10 +316,24 @@ class Database:
         running = self._analyzing.get(table)
         if written < threshold or (running is not None and not running.done()):
             return
+        if time.monotonic() < self._analyze_after.get(table, float("-inf")):
+            return  # it failed lately: no ANALYZE (and pooled connection) per batch
         self._written[table] = 0
+        # A context of its own: its log lines belong to no request or tenant.
         self._analyzing[table] = asyncio.create_task(
-            self._analyze(table), name=f"analyze-{table}"
+            self._analyze(table), name=f"analyze-{table}", context=contextvars.Context()
         )
+
+    async def drain(self) -> None:
+        """
+        Cancel background analyses and wait for them, before the pool closes.
+        """
+        tasks = [t for t in self._analyzing.values() if not t.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+        self._analyzing.clear()
 
     async def _analyze(self, table: str) -> None:
         try:
@@ -326,7 +344,9 @@ class Database:
                     "SELECT reltuples FROM pg_class WHERE oid = $1::regclass", table
                 )
         except Exception as exc:  # statistics are an optimisation: log, go on
-            log.warning("analyze_failed", table=table, error=type(exc).__name__)
+            reason = str(exc) if isinstance(exc, LakeError) else "database error"
+            log.warning("analyze_failed", table=table, reason=reason)
+            self._analyze_after[table] = time.monotonic() + _ANALYZE_BACKOFF_S
             return
         self._analyzed_rows[table] = max(float(rows or 0.0), 0.0)
         log.info("table_analyzed", table=table, rows=int(self._analyzed_rows[table]))

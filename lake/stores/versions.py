@@ -31,6 +31,8 @@ from typing import Any
 
 import structlog
 
+from lake.errors import StoreUnavailableError
+
 __all__ = ["VersionReader", "open_version_reader"]
 
 log = structlog.get_logger(__name__)
@@ -54,10 +56,15 @@ class VersionReader:
     """
 
     def __init__(
-        self, connect: Callable[[], Awaitable[Any]], *, retry_after: float = 1.0
+        self,
+        connect: Callable[[], Awaitable[Any]],
+        *,
+        retry_after: float = 1.0,
+        timeout: float = 1.0,
     ) -> None:
         self._connect = connect
         self._retry_after = retry_after
+        self._timeout = timeout
         self._conn: Any = None
         self._down_until = float("-inf")
         self._pending: dict[Key, None] = {}
@@ -89,7 +96,10 @@ class VersionReader:
         future = self._next
         if self._runner is None or self._runner.done():
             self._runner = asyncio.create_task(self._run(), name="cache-versions")
-        found = await asyncio.shield(future)
+        # Bounded twice over: a batch never outlives its timeout (see _run), and a
+        # reader never waits past it even if the batch task itself is stuck.
+        async with asyncio.timeout(self._timeout * 2):
+            found = await asyncio.shield(future)
         return found[(tenant, scope)]
 
     async def _run(self) -> None:
@@ -97,11 +107,18 @@ class VersionReader:
             future, keys = self._next, list(self._pending)
             self._next, self._pending = None, {}
             try:
-                found = await self._query(keys)
-            except Exception as exc:
-                self._fail(exc)
-                future.set_exception(exc)
-                future.exception()  # readers re-raise it; nobody else needs to
+                # A silent network would otherwise hold this batch, and every
+                # cached read behind it, until TCP gives up minutes later.
+                async with asyncio.timeout(self._timeout):
+                    found = await self._query(keys)
+            except BaseException as exc:
+                failure = exc if isinstance(exc, Exception) else _closed()
+                self._fail(failure)
+                if not future.done():
+                    future.set_exception(failure)
+                    future.exception()  # readers re-raise it; nobody else needs to
+                if not isinstance(exc, Exception):
+                    raise
             else:
                 future.set_result(found)
 
@@ -115,7 +132,8 @@ class VersionReader:
         return {(r[0], r[1]): int(r[2]) for r in rows}
 
     def _fail(self, exc: BaseException) -> None:
-        log.warning("cache_versions_failed", error=type(exc).__name__)
+        reason = "timed out" if isinstance(exc, TimeoutError) else "connection failed"
+        log.warning("cache_versions_failed", reason=reason)
         self._down_until = asyncio.get_running_loop().time() + self._retry_after
         conn, self._conn = self._conn, None
         if conn is not None:
@@ -132,7 +150,8 @@ class VersionReader:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._runner
         if self._next is not None and not self._next.done():
-            self._next.cancel()
+            self._next.set_exception(_closed())  # readers fall back to the pool
+            self._next.exception()
         conn, self._conn = self._conn, None
         if conn is not None:
             try:
@@ -146,6 +165,10 @@ class VersionReader:
         Reads asked for and queries sent (reads per query = the batching gain).
         """
         return {"reads": self.reads, "batches": self.batches}
+
+
+def _closed() -> StoreUnavailableError:
+    return StoreUnavailableError("cache version reader closed")
 
 
 @asynccontextmanager

@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
+import structlog
+
 from lake.container import aresolve, create_container
 from lake.operations import Point, QueryPoints, WritePoints
 
@@ -60,24 +62,34 @@ async def test_concurrent_reads_share_version_queries(container, manager):
     assert batches < reads
 
 
-async def test_a_lost_version_connection_falls_back_to_the_pool(container, manager):
-    """With its connection killed, reads stay fresh and the reader comes back."""
+async def test_a_failing_version_connection_falls_back_to_the_pool(container, manager):
+    """With the reader unable to connect, reads stay fresh through the pool, the
+    failure is logged, and the reader comes back once it can connect again."""
     await manager.coordinate(WritePoints("t1", "cpu", [Point(T0, 1.0)]))
     versions = await container.versions()
     await manager.coordinate(query())
+    connect = versions._connect
+
+    async def refused():
+        raise ConnectionRefusedError
+
+    versions._connect = refused
     versions._conn.terminate()  # the server or the network dropped it
-    await manager.coordinate(WritePoints("t1", "cpu", [Point(T0 + timedelta(1), 2.0)]))
-    page = await manager.coordinate(query())
-    assert [p.value for p in page.points] == [1.0]  # the second point is a day later
-    await manager.coordinate(
-        WritePoints("t1", "cpu", [Point(T0 + timedelta(seconds=1), 3.0)])
-    )
-    page = await manager.coordinate(query())
-    assert [p.value for p in page.points] == [1.0, 3.0]
-    for _ in range(500):  # the reader reopens its connection after retry_after
-        await asyncio.sleep(0.01)
+    batches = versions.stats()["batches"]
+    with structlog.testing.capture_logs() as logs:
+        for i in range(1, 4):  # each read after a write sees it
+            ts = T0 + timedelta(seconds=i)
+            await manager.coordinate(WritePoints("t1", "cpu", [Point(ts, float(i))]))
+            page = await manager.coordinate(query())
+            expected = [1.0, *(float(j) for j in range(1, i + 1))]
+            assert [p.value for p in page.points] == expected
+    assert not versions.usable
+    assert versions.stats()["batches"] == batches  # the pool answered
+    assert any(e["event"] == "cache_versions_failed" for e in logs)
+    versions._connect = connect
+    for _ in range(500):  # usable again after retry_after
         if versions.usable:
             break
-    batches = versions.stats()["batches"]
+        await asyncio.sleep(0.01)
     await manager.coordinate(query())
     assert versions.stats()["batches"] == batches + 1

@@ -239,7 +239,11 @@ def test_good_peer_addresses_pass(monkeypatch):
     [
         ("LAKE_POSTGRES__DSN", "host=db password=kv-secret", "not key=value pairs"),
         ("LAKE_POSTGRES__DSN", "mysql://u:pw-secret@db/x", "scheme 'mysql'"),
-        ("LAKE_POSTGRES__DSN", "postgresql://u:pw-secret@db:70000/x", "port '70000'"),
+        (
+            "LAKE_POSTGRES__DSN",
+            "postgresql://u:pw-secret@db:70000/x",
+            "a port is not a number",
+        ),
         ("LAKE_REDIS__URL", "http://:pw-secret@cache:6379/0", "scheme 'http'"),
     ],
 )
@@ -348,3 +352,24 @@ def test_a_kept_password_file_left_readable_is_made_private(tmp_path):
     made = embedded._secret(tmp_path / "new.password")
     assert len(made) >= 24
     assert stat.S_IMODE((tmp_path / "new.password").stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://lake:s3cr3t/xyz@db/lake",
+        "postgresql://lake:pa#ss@db/lake",
+        "postgresql://lake:pa?ss@db/lake",
+    ],
+)
+def test_a_dsn_error_never_shows_part_of_the_password(monkeypatch, dsn):
+    """An unencoded '/', '#' or '?' in a password splits the URL there; the error
+    says how to fix it without echoing any of it."""
+    monkeypatch.setenv("LAKE_POSTGRES__DSN", dsn)
+    with pytest.raises(ConfigError) as info:
+        load_settings("development")
+    message = str(info.value)
+    assert "postgres.dsn" in message
+    for part in ("s3cr3t", "xyz", "pa", "ss@"):
+        assert f"'{part}" not in message
+    assert "s3cr3t" not in message
