@@ -15,17 +15,12 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
-from collections import Counter
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, overload
 
 import structlog
 
 from lake import deadline
-from lake.codec import (
-    cache_key,
-)
 from lake.errors import (
     ConflictError,
     DeadlineExceededError,
@@ -52,7 +47,9 @@ from lake.models import (
     Collection,
     FeatureMatch,
     Limits,
+    MaintenanceReport,
     PointPage,
+    RelayReport,
     VectorMatch,
 )
 from lake.operations import (
@@ -76,8 +73,9 @@ from lake.operations import (
 from lake.ports import Components, ResourceSet
 from lake.resilience import RetryPolicy
 from lake.routes import ROUTES, Route
+from lake.usage import OperationStats, Usage
 
-__all__ = ["OperationStats", "ServiceManager", "State"]
+__all__ = ["ServiceManager", "State"]
 
 log = structlog.get_logger(__name__)
 
@@ -94,17 +92,6 @@ class State(enum.Enum):
     STOPPED = "stopped"
 
 
-@dataclass(slots=True)
-class OperationStats:
-    """
-    Usage of one operation kind: calls, failures by error, total latency.
-    """
-
-    calls: int = 0
-    failures: Counter[str] = field(default_factory=Counter)
-    total_ms: float = 0.0
-
-
 class ServiceManager:
     """
     Starts, checks, routes to and stops the components it is given.
@@ -119,6 +106,7 @@ class ServiceManager:
         grace: seconds that closing the resources may take.
         loop_lag: samples the event loop's lag while running; health shows it and
             does not blame a dependency for a check the loop was too busy to hear.
+        usage: counts calls, failures and latency per operation kind.
     """
 
     def __init__(
@@ -133,6 +121,7 @@ class ServiceManager:
         grace: float = 5.0,
         operation_timeout: float = 30.0,
         loop_lag: LoopLag | None = None,
+        usage: Usage | None = None,
     ) -> None:
         self._resources = resources
         self._limits = limits
@@ -147,7 +136,7 @@ class ServiceManager:
         self._lock = asyncio.Lock()
         self._components: Components | None = None
         self._health_run: asyncio.Future[HealthReport] | None = None
-        self.stats: dict[str, OperationStats] = {}
+        self._usage = usage or Usage()
         self._routes = ROUTES
 
     @property
@@ -156,6 +145,13 @@ class ServiceManager:
         The caps every operation is validated against (the API checks counts early).
         """
         return self._limits
+
+    @property
+    def stats(self) -> dict[str, OperationStats]:
+        """
+        Usage so far, per operation kind.
+        """
+        return self._usage.operations
 
     @property
     def state(self) -> State:
@@ -183,10 +179,11 @@ class ServiceManager:
             self._state = State.STARTING
             started = time.perf_counter()
             try:
+                # Each failed attempt closes what it opened, once; nothing is
+                # left to close here.
                 self._components = await self._startup.run(self._open_once)
             except BaseException as exc:
                 self._state = State.STOPPED
-                await self._close_quietly()
                 if isinstance(exc, Exception):
                     msg = f"start-up failed: {_describe(exc)}"
                     raise LifecycleError(msg) from None
@@ -341,17 +338,17 @@ class ServiceManager:
         self._running()
         operation.validate(self._limits)
         name = type(operation).__name__
-        stats = self.stats.setdefault(name, OperationStats())
-        stats.calls += 1
+        failure: str | None = None
         started = time.perf_counter()
         with operation_context(tenant=operation.tenant, operation=name):
             try:
                 return await self._bounded(route, operation)
             except LakeError as exc:
-                stats.failures[_failure_kind(exc)] += 1
+                failure = _failure_kind(exc)
                 raise
             finally:
-                stats.total_ms += (time.perf_counter() - started) * 1000.0
+                took_ms = (time.perf_counter() - started) * 1000.0
+                self._usage.record(name, took_ms, failure)
 
     async def _bounded(self, route: Route, op: Any) -> object:
         # One bound for the whole operation, retries included: the caller's deadline
@@ -370,21 +367,11 @@ class ServiceManager:
     async def _dispatch(self, route: Route, op: Any) -> object:
         c = self._running()
         load = partial(route.handler, c, op)
-        if route.scope is None or route.codec is None or not c.cache.available:
+        if route.scope is None or route.codec is None:
             return await load()
-        scope = route.scope(op)
-        key = cache_key(op.tenant, scope, op)
-        codec = route.codec
-        return await c.cache.read_through(
-            key,
-            partial(c.database.cache_version, op.tenant, scope),
-            load,
-            codec.encode,
-            codec.decode,
-            route=type(op).__name__,
-        )
+        return await c.reads.read(op.tenant, route.scope(op), op, load, route.codec)
 
-    async def maintain(self) -> object:
+    async def maintain(self) -> MaintenanceReport:
         """
         Run periodic store upkeep: time-series partitions ahead, expired ones
         dropped, delivered outbox events purged.
@@ -399,7 +386,7 @@ class ServiceManager:
             raise DeadlineExceededError(msg) from None
         return report
 
-    async def deliver_events(self) -> object:
+    async def deliver_events(self) -> RelayReport:
         """
         Deliver pending change events to the stream peer (one relay round).
         """
@@ -425,16 +412,7 @@ class ServiceManager:
                 report["events_pending"] = await c.relay.backlog()
             except LakeError as exc:
                 report["events_pending"] = f"unknown ({exc})"
-        return report | {
-            "operations": {
-                k: {
-                    "calls": v.calls,
-                    "failures": dict(v.failures),
-                    "mean_ms": round(v.total_ms / v.calls, 3) if v.calls else 0.0,
-                }
-                for k, v in self.stats.items()
-            },
-        }
+        return report | {"operations": self._usage.report()}
 
 
 def _describe(exc: BaseException) -> str:

@@ -19,8 +19,11 @@ __all__ = [
     "Feature",
     "FeatureMatch",
     "Limits",
+    "MaintenanceReport",
+    "MigrationReport",
     "Point",
     "PointPage",
+    "RelayReport",
     "SeriesPoint",
     "TextItem",
     "VectorItem",
@@ -200,3 +203,37 @@ class Event:
     kind: str
     payload: Mapping[str, Any]
     occurred_at: datetime
+
+
+# --- reports: what upkeep, migration and event delivery did -------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MaintenanceReport:
+    """
+    Partitions a maintenance run created and dropped.
+    """
+
+    created: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationReport:
+    """
+    What a migration run did: versions applied, versions skipped for want of an
+    extension (with the extensions missing).
+    """
+
+    applied: list[int] = field(default_factory=list)
+    skipped: dict[int, list[str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RelayReport:
+    """
+    One relay round: events delivered, and whether the peer refused or failed.
+    """
+
+    delivered: int
+    failed: bool = False
