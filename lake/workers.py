@@ -30,6 +30,8 @@ class Worker(Protocol):
     Something that runs in the background between ``start()`` and ``stop()``.
     """
 
+    name: str
+
     def start(self) -> None:
         """
         Begin running; returns at once.

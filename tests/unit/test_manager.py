@@ -112,6 +112,7 @@ async def test_permanent_start_failure_is_not_retried():
         await manager.start()
     assert resources.opens == 1
     assert not resources.open_now
+    assert resources.closes == 1  # closed once, not once per layer
     assert manager.state is State.STOPPED
 
 
