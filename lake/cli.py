@@ -152,7 +152,8 @@ async def _serve(settings: dict[str, Any]) -> int:
     Build Lake through the container and run it until a stop signal; a second,
     later signal stops it at once.
     """
-    lake: Lake = await aresolve(create_container(settings).lake)
+    container = create_container(settings)
+    lake: Lake = await aresolve(container.lake)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     main_task = asyncio.current_task()
@@ -176,7 +177,12 @@ async def _serve(settings: dict[str, Any]) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig.name)
-    return await lake.run(stop)
+    try:
+        return await lake.run(stop)
+    finally:
+        # Let the stopped gRPC server go now, not at some later collection: its
+        # threads must be gone before the embedded servers are stopped (forked).
+        container.reset_singletons()
 
 
 @main.command()

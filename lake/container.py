@@ -6,20 +6,22 @@ The composition root: the whole wiring of Lake on one page.
     config ─┬─ pg_pool (Resource) ─┬ database ─┬─ vectors ──┐
             ├─ versions (Resource) ┘           ├─ series ───┤
             │                                  ├─ spatial ──┤
-            │                                  ├─ migrator ─┤
-            │                                  ├─ relay ────┼─ components ─ resources ┐
-            │                                  ├─ reads ────┤  (what the manager      │
-            ├─ redis (Resource) ──── cache ────┴────────────┤   coordinates)          │
-            ├─ mesh_client (Resource) ─────(relay)──────────┘                         │
-            ├─ usage, loop_lag ────────────────────────────────────── manager ────────┤
-            │                                                                         │
-            ├─ admission ─┬─ admission_guard ┐                                        │
-            ├─ keyring ───┼─ auth ───────────┼─ interceptors ┐                        │
-            ├─ auth_failures ┘  decode_guard ┘               ├─ server ───────────────┤
-            ├─ server_credentials ───────────────────────────┘                        │
-            ├─ events (a stream peer?) ── workers: upkeep, relay_worker ──────────────┤
-            └─ tokens (token store, resolved once serving) ──────────────────── lake ─┘
-                                                      (``migration``: lake, no server)
+            │                                  ├─ migrator ─┼─ components ── manager
+            │                                  ├─ relay ────┤   (through resources)
+            │                                  └─ reads ────┤
+            ├─ redis (Resource) ───── cache ──── (reads) ───┤
+            └─ mesh_client (Resource) ───── (relay) ────────┘
+    limits, startup_policy, operation_policy, usage, loop_lag ── (manager)
+    database ── tokens (the token store)
+
+    admission ──┬─ admission_guard ──┐
+    keyring ────┼─ auth ─────────────┼─ interceptors ─┐
+    auth_failures ┘   decode_guard ──┘                ├─ server ─────────┐
+    server_credentials, manager ──────────────────────┘                  │
+    manager ─┬─ upkeep ─────────┬─ workers (relay only with a stream     ├─ lake
+    events ──┴─ relay_worker ───┘   peer: events, decided once) ─────────┤
+    manager, tokens (resolved once the resources are open) ──────────────┘
+    manager ── migration (lake migrate: lake without a server or workers)
 
 ``lake`` (``lake.bootstrap.Lake``) is what ``lake serve`` runs: it starts the server,
 the manager, then the workers, and stops them in reverse, once. The manager opens
@@ -269,39 +271,44 @@ class Container(containers.DeclarativeContainer):
         LoopLag, threshold_ms=config.health.loop_lag_threshold_ms
     )
 
+    limits = providers.Singleton(
+        Limits,
+        max_vector_dim=config.limits.max_vector_dim,
+        max_batch=config.limits.max_batch,
+        max_top_k=config.limits.max_top_k,
+        max_range_points=config.limits.max_range_points,
+        max_radius_m=config.limits.max_radius_m,
+        max_range=providers.Factory(timedelta, days=config.limits.max_range_days),
+        max_buckets=config.limits.max_buckets,
+        max_polygon_vertices=config.limits.max_polygon_vertices,
+        max_ef_search=config.limits.max_ef_search,
+        max_text_chars=config.limits.max_text_chars,
+        max_stream_points=config.limits.max_stream_points,
+        max_tags=config.limits.max_tags,
+        max_tags_bytes=config.limits.max_tags_bytes,
+        max_json_keys=config.limits.max_json_keys,
+        max_json_depth=config.limits.max_json_depth,
+    )
+    # Retry policies: opening the resources, and transient failures of operations.
+    startup_policy = providers.Singleton(
+        RetryPolicy,
+        attempts=config.startup.attempts,
+        timeout=config.startup.timeout,
+        wait_initial=config.startup.wait_initial,
+        wait_max=config.startup.wait_max,
+    )
+    operation_policy = providers.Singleton(
+        RetryPolicy,
+        attempts=config.operations.attempts,
+        timeout=config.operations.timeout,
+    )
+
     manager = providers.Singleton(
         ServiceManager,
         resources=resources,
-        limits=providers.Factory(
-            Limits,
-            max_vector_dim=config.limits.max_vector_dim,
-            max_batch=config.limits.max_batch,
-            max_top_k=config.limits.max_top_k,
-            max_range_points=config.limits.max_range_points,
-            max_radius_m=config.limits.max_radius_m,
-            max_range=providers.Factory(timedelta, days=config.limits.max_range_days),
-            max_buckets=config.limits.max_buckets,
-            max_polygon_vertices=config.limits.max_polygon_vertices,
-            max_ef_search=config.limits.max_ef_search,
-            max_text_chars=config.limits.max_text_chars,
-            max_stream_points=config.limits.max_stream_points,
-            max_tags=config.limits.max_tags,
-            max_tags_bytes=config.limits.max_tags_bytes,
-            max_json_keys=config.limits.max_json_keys,
-            max_json_depth=config.limits.max_json_depth,
-        ),
-        startup=providers.Factory(
-            RetryPolicy,
-            attempts=config.startup.attempts,
-            timeout=config.startup.timeout,
-            wait_initial=config.startup.wait_initial,
-            wait_max=config.startup.wait_max,
-        ),
-        operations=providers.Factory(
-            RetryPolicy,
-            attempts=config.operations.attempts,
-            timeout=config.operations.timeout,
-        ),
+        limits=limits,
+        startup=startup_policy,
+        operations=operation_policy,
         operation_timeout=config.operations.timeout,
         attempt_timeout=config.startup.attempt_timeout,
         check_timeout=config.health.check_timeout,
