@@ -97,15 +97,16 @@ class LakeServer:
     A grpc.aio server bound to one address, with health kept current by a monitor.
 
     The container builds it with its interceptors (admission, auth, decode guard),
-    the admission budgets they share and the keyring auth reads; a server built
-    without them admits every call unauthenticated (tests of binding only).
+    the admission budgets they share and the keyring auth reads. Interceptors are
+    required: a server given none authenticates nothing, so that must be said
+    outright (tests of binding only).
 
     Args:
         manager: what the services call.
         address: host:port to listen on (port 0: any free port).
         admission: the per-class budgets; ``GetStatus`` reports them.
         keyring: the tokens auth accepts; ``serving()`` gives it the token table.
-        interceptors: run on every call, in order.
+        interceptors: run on every call, in order (auth among them).
         credentials: TLS (see lake.tls) when given, else plaintext.
         interval: seconds between health refreshes.
         token_refresh: seconds between re-reads of the token table.
@@ -116,9 +117,9 @@ class LakeServer:
         manager: ServiceManager,
         *,
         address: str,
+        interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]],
         admission: Admission | None = None,
         keyring: Keyring | None = None,
-        interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = (),
         credentials: grpc.ServerCredentials | None = None,
         interval: float = 2.0,
         max_message_bytes: int = 4 * 1024 * 1024,
