@@ -50,6 +50,7 @@ from lake.models import (
     MaintenanceReport,
     PointPage,
     RelayReport,
+    ServiceStatus,
     VectorMatch,
 )
 from lake.operations import (
@@ -398,21 +399,27 @@ class ServiceManager:
             msg = "event delivery did not finish in time"
             raise DeadlineExceededError(msg) from None
 
-    async def status(self) -> dict[str, Any]:
+    async def status(self) -> ServiceStatus:
         """
         State, per-operation usage, pool and cache figures and the event backlog,
         for operators. Holds no tenant data.
         """
-        report: dict[str, Any] = {"state": self._state.value}
         c = self._components
-        if self._state is State.RUNNING and c is not None:
-            report["pool"] = c.database.metrics()
-            report["cache"] = c.cache.stats()
-            try:
-                report["events_pending"] = await c.relay.backlog()
-            except LakeError as exc:
-                report["events_pending"] = f"unknown ({exc})"
-        return report | {"operations": self._usage.report()}
+        operations = self._usage.report()
+        if self._state is not State.RUNNING or c is None:
+            return ServiceStatus(self._state.value, operations)
+        pending: int | str
+        try:
+            pending = await c.relay.backlog()
+        except LakeError as exc:
+            pending = f"unknown ({exc})"
+        return ServiceStatus(
+            self._state.value,
+            operations,
+            pool=c.database.metrics(),
+            cache=c.cache.stats(),
+            events_pending=pending,
+        )
 
 
 def _describe(exc: BaseException) -> str:

@@ -25,6 +25,7 @@ __all__ = [
     "PointPage",
     "RelayReport",
     "SeriesPoint",
+    "ServiceStatus",
     "TextItem",
     "VectorItem",
     "VectorMatch",
@@ -237,3 +238,31 @@ class RelayReport:
 
     delivered: int
     failed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceStatus:
+    """
+    Operator figures: the state and usage per operation; once running, the pool,
+    the cache and the events waiting for delivery (a reason when unknown). Holds
+    no tenant data.
+    """
+
+    state: str
+    operations: Mapping[str, Any]
+    pool: Mapping[str, int] | None = None
+    cache: Mapping[str, Any] | None = None
+    events_pending: int | str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """
+        The figures as plain values, those not known left out.
+        """
+        figures = {
+            "state": self.state,
+            "operations": self.operations,
+            "pool": self.pool,
+            "cache": self.cache,
+            "events_pending": self.events_pending,
+        }
+        return {k: v for k, v in figures.items() if v is not None}

@@ -86,7 +86,7 @@ class _LakeHealthServicer(lake_health_grpc.LakeHealthServicer):
         self, request: lake_health_pb2.GetStatusRequest, context: Any
     ) -> lake_health_pb2.GetStatusResponse:
         status = struct_pb2.Struct()
-        report = await self._manager.status()
+        report = (await self._manager.status()).as_dict()
         report["admission"] = self._admission.stats()
         status.update(json.loads(json.dumps(report, default=str)))
         return lake_health_pb2.GetStatusResponse(status=status)
