@@ -15,7 +15,7 @@ from typing import Protocol
 import structlog
 
 from lake.errors import LakeError
-from lake.manager import ServiceManager
+from lake.models import MaintenanceReport, RelayReport
 
 __all__ = ["LoopWorker", "RelayWorker", "UpkeepWorker", "Worker", "select_workers"]
 
@@ -40,6 +40,28 @@ class Worker(Protocol):
     async def stop(self) -> None:
         """
         Stop running and wait until it has; idempotent.
+        """
+
+
+class DeliversEvents(Protocol):
+    """
+    One relay round on demand (``ServiceManager.deliver_events``).
+    """
+
+    async def deliver_events(self) -> RelayReport:
+        """
+        Deliver what is pending now.
+        """
+
+
+class Maintains(Protocol):
+    """
+    One upkeep round on demand (``ServiceManager.maintain``).
+    """
+
+    async def maintain(self) -> MaintenanceReport:
+        """
+        Partitions ahead, expired ones dropped, delivered events purged.
         """
 
 
@@ -85,7 +107,7 @@ class RelayWorker(LoopWorker):
 
     name = "relay"
 
-    def __init__(self, manager: ServiceManager, *, interval: float) -> None:
+    def __init__(self, manager: DeliversEvents, *, interval: float) -> None:
         super().__init__()
         self._manager = manager
         self._interval = interval
@@ -115,7 +137,7 @@ class UpkeepWorker(LoopWorker):
 
     name = "upkeep"
 
-    def __init__(self, manager: ServiceManager, *, interval: float) -> None:
+    def __init__(self, manager: Maintains, *, interval: float) -> None:
         super().__init__()
         self._manager = manager
         self._interval = interval
