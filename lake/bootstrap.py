@@ -65,6 +65,7 @@ class Lake:
         self._workers = list(workers)
         self._grace = grace
         self._profile = profile
+        self._listening = False
         self._stopped = False
 
     async def start(self) -> None:
@@ -105,13 +106,14 @@ class Lake:
         self._stopped = True
         for worker in reversed(self._workers):
             await worker.stop()
-        if self.server is not None:
+        if self.server is not None and self._listening:
             await self.server.stop(self._grace)
         await self.manager.stop()
 
     async def _listen(self) -> None:
         if self.server is not None:
             await self.server.start()
+            self._listening = True
 
     async def _serve(self) -> None:
         if self.server is not None:

@@ -9,7 +9,7 @@ import asyncio
 import pytest
 
 from lake.bootstrap import Lake
-from lake.errors import LifecycleError, StoreError
+from lake.errors import ConfigError, LifecycleError, StoreError
 from lake.manager import ServiceManager, State
 from lake.models import Limits
 from lake.resilience import RetryPolicy
@@ -114,3 +114,31 @@ async def test_run_serves_until_stop_is_set_then_stops_once():
     assert await running == 0
     assert log[-3:] == ["stop relay", "stop upkeep", "close resources"]
     assert resources.closes == 1
+
+
+class RefusingServer:
+    """A server whose port is taken: start() refuses; records stop() calls."""
+
+    def __init__(self) -> None:
+        self.stops = 0
+
+    async def start(self) -> None:
+        msg = "grpc.address 127.0.0.1:1 is already in use by another process"
+        raise ConfigError(msg)
+
+    async def stop(self, grace: float | None) -> None:
+        self.stops += 1
+
+
+async def test_a_server_that_cannot_listen_starts_nothing_and_is_not_stopped():
+    """When the port is refused, the manager never opens and nothing is closed."""
+    log: list[str] = []
+    resources = LoggedResources(log)
+    lake = make_lake(resources, log)
+    server = RefusingServer()
+    lake.server = server  # type: ignore[assignment]
+    with pytest.raises(ConfigError, match="already in use"):
+        await lake.run(asyncio.Event())
+    assert resources.opens == 0
+    assert server.stops == 0
+    assert lake.manager.state is State.STOPPED
