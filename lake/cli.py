@@ -18,15 +18,13 @@ import structlog
 
 from lake import console, shell
 from lake.api.channels import client_channel, tls_options
-from lake.api.server import LakeServer
+from lake.bootstrap import Lake
 from lake.config import load_settings, masked, secret_values
 from lake.container import aresolve, create_container
 from lake.errors import ConfigError, LakeError
 from lake.logs import configure_logging, register_secrets
-from lake.manager import ServiceManager
 from lake.resources.embedded import embedded_servers
 from lake.schema import listen_problem
-from lake.tls import grpc_server_credentials
 from lake.v1 import health_pb2, health_pb2_grpc
 
 __all__ = ["main"]
@@ -150,29 +148,12 @@ def serve(ctx: click.Context) -> None:
 
 
 async def _serve(settings: dict[str, Any]) -> int:
+    """
+    Build Lake through the container and run it until a stop signal; a second,
+    later signal stops it at once.
+    """
     container = create_container(settings)
-    manager: ServiceManager = await aresolve(container.manager)
-    grpc_cfg = settings["grpc"]
-    server = LakeServer(
-        manager,
-        address=grpc_cfg["address"],
-        interval=settings["health"]["interval"],
-        max_message_bytes=grpc_cfg["max_message_bytes"],
-        max_concurrent_rpcs=grpc_cfg["max_concurrent_rpcs"],
-        reflection_enabled=grpc_cfg["reflection"],
-        tokens=settings["auth"]["tokens"],
-        auth_enabled=settings["auth"]["enabled"],
-        max_deadline=grpc_cfg["max_deadline_s"],
-        max_connection_age=grpc_cfg["max_connection_age_s"],
-        max_open_streams=grpc_cfg["max_open_streams"],
-        max_streams_per_peer=grpc_cfg["max_streams_per_peer"],
-        max_streams_per_connection=grpc_cfg["max_streams_per_connection"],
-        stream_idle_timeout=grpc_cfg["stream_idle_timeout_s"],
-        credentials=grpc_server_credentials(grpc_cfg["tls"]),
-        token_refresh=settings["auth"]["refresh_s"],
-        max_auth_failures=settings["auth"]["max_failures"],
-        auth_failure_window=settings["auth"]["failure_window_s"],
-    )
+    lake: Lake = await aresolve(container.lake)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     main_task = asyncio.current_task()
@@ -196,86 +177,12 @@ async def _serve(settings: dict[str, Any]) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig.name)
-    await server.start()
     try:
-        if not await _start_or_stop(manager, stop):
-            return 1
-        tokens = await aresolve(container.tokens)
-        await server.serving(tokens)
-        log.info("lake_ready", address=server.address, profile=settings["profile"])
-        background = [
-            asyncio.create_task(
-                _upkeep(manager, settings["timeseries"]["maintenance_interval"]),
-                name="upkeep",
-            ),
-        ]
-        if "stream" in settings["mesh"]["peers"]:
-            background.append(
-                asyncio.create_task(
-                    _relay(manager, settings["events"]["interval"]), name="relay"
-                )
-            )
-        await stop.wait()
-        for task in background:
-            task.cancel()
-        return 0
+        return await lake.run(stop)
     finally:
-        await server.stop(grpc_cfg["grace"])
-        await manager.stop()
-
-
-async def _relay(manager: ServiceManager, interval: float) -> None:
-    """
-    Deliver outbox events while there are some; poll every ``interval`` when idle,
-    back off (up to 30 s) while the stream peer fails.
-    """
-    pause = interval
-    while True:
-        try:
-            report = await manager.deliver_events()
-        except LakeError as exc:
-            log.warning("relay_failed", error=str(exc))
-            report = None
-        failed = report is None or getattr(report, "failed", False)
-        delivered = getattr(report, "delivered", 0)
-        pause = min(pause * 2, 30.0) if failed else interval
-        if failed or not delivered:
-            await asyncio.sleep(pause)
-
-
-async def _upkeep(manager: ServiceManager, interval: float) -> None:
-    """
-    Run store upkeep (partitions ahead, retention) every ``interval`` seconds.
-    """
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            report = await manager.maintain()
-        except LakeError as exc:
-            log.warning("upkeep_failed", error=str(exc))
-        else:
-            log.info("upkeep_done", report=repr(report))
-
-
-async def _start_or_stop(manager: ServiceManager, stop: asyncio.Event) -> bool:
-    """
-    Start the manager unless a stop signal comes first; True when it is running.
-    """
-    starting = asyncio.create_task(manager.start())
-    stopping = asyncio.create_task(stop.wait())
-    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    stopping.cancel()
-    if not starting.done():
-        starting.cancel()
-    try:
-        await starting
-    except asyncio.CancelledError:
-        log.info("start_cancelled")
-        return False
-    except LakeError as exc:
-        log.error("start_failed", error=str(exc))  # noqa: TRY400 -- no traceback wanted
-        return False
-    return True
+        # Let the stopped gRPC server go now, not at some later collection: its
+        # threads must be gone before the embedded servers are stopped (forked).
+        container.reset_singletons()
 
 
 @main.command()
@@ -410,11 +317,9 @@ def migrate(ctx: click.Context) -> None:
 
 
 async def _migrate(settings: dict[str, Any]) -> None:
-    manager: ServiceManager = await aresolve(create_container(settings).manager)
-    try:
-        await manager.start()  # start-up applies migrations under the advisory lock
-    finally:
-        await manager.stop()
+    lake: Lake = await aresolve(create_container(settings).migration)
+    await lake.start()  # start-up applies migrations under the advisory lock
+    await lake.stop()
 
 
 @main.command("config")

@@ -4,26 +4,48 @@ The composition root: the whole wiring of Lake on one page.
 ::
 
     config ─┬─ pg_pool (Resource) ─┬ database ─┬─ vectors ──┐
-            ├─ versions (Resource) ┘           │            │
-            │                                  ├─ series ───┤
+            ├─ versions (Resource) ┘           ├─ series ───┤
             │                                  ├─ spatial ──┤
             │                                  ├─ migrator ─┼─ components ── manager
-            │                                  └─ relay ────┤      (via resources)
-            ├─ redis (Resource) ──── cache ─────────────────┤
-            └─ mesh_client (Resource) ──────(relay)─────────┘
+            │                                  ├─ relay ────┤   (through resources)
+            │                                  └─ reads ────┤
+            ├─ redis (Resource) ───── cache ──── (reads) ───┤
+            └─ mesh_client (Resource) ───── (relay) ────────┘
+    limits, startup_policy, operation_policy, usage, loop_lag ── (manager)
+    database ── tokens (the token store)
 
-Resources open only when the manager starts (``ContainerResources.open``) and close in
-reverse dependency order when it stops. Tests override any provider with a fake.
+    admission ──┬─ admission_guard ──┐
+    keyring ────┼─ auth ─────────────┼─ interceptors ─┐
+    auth_failures ┘   decode_guard ──┘                ├─ server ─────────┐
+    server_credentials, manager ──────────────────────┘                  │
+    manager ─┬─ upkeep ─────────┬─ workers (relay only with a stream     ├─ lake
+    events ──┴─ relay_worker ───┘   peer: events, decided once) ─────────┤
+    manager, tokens (resolved once the resources are open) ──────────────┘
+    manager ── migration (lake migrate: lake without a server or workers)
+
+``lake`` (``lake.bootstrap.Lake``) is what ``lake serve`` runs: it starts the server,
+the manager, then the workers, and stops them in reverse, once. The manager opens
+the Resources through ``resources`` (a ``ProviderResources`` that holds only the
+resource providers and the components provider, never the container) when it
+starts, and closes them in reverse order when it stops or an attempt fails. Tests
+override any provider with a fake, the server-side ones included.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any, TypeVar, cast
 
 from dependency_injector import containers, providers
 
+from lake.api.admission import Admission, AdmissionInterceptor
+from lake.api.auth import AuthInterceptor, FailureLimiter, Keyring
+from lake.api.decode import DecodeGuard
+from lake.api.server import LakeServer
+from lake.bootstrap import Lake
 from lake.lag import LoopLag
 from lake.manager import ServiceManager
 from lake.mesh.client import open_mesh
@@ -33,7 +55,7 @@ from lake.ports import Components
 from lake.resilience import RetryPolicy
 from lake.resources.postgres import open_pg_pool, pg_connector
 from lake.resources.redis import open_redis
-from lake.stores.cache import RedisCache
+from lake.stores.cache import CachedReads, RedisCache
 from lake.stores.database import Database
 from lake.stores.migrate import Migrator
 from lake.stores.spatial import PgSpatialStore
@@ -41,13 +63,14 @@ from lake.stores.timeseries import PgTimeSeriesStore
 from lake.stores.tokens import PgTokenStore
 from lake.stores.vector import PgVectorStore
 from lake.stores.versions import open_version_reader
+from lake.tls import grpc_server_credentials
+from lake.usage import Usage
+from lake.workers import RelayWorker, UpkeepWorker, select_workers
 
 __all__ = [
     "Container",
-    "ContainerResources",
-    "ainit",
+    "ProviderResources",
     "aresolve",
-    "ashutdown",
     "create_container",
 ]
 
@@ -58,32 +81,71 @@ def _has_stream(peers: dict[str, Any]) -> bool:
     return "stream" in peers
 
 
-class ContainerResources:
+class ProviderResources:
     """
-    The manager's ResourceSet, backed by the container's Resource providers.
+    The manager's ResourceSet: the container's Resource providers and the
+    components provider over them (never the container itself).
+
+    Args:
+        resources: the Resource providers, in opening order; closed in reverse.
+        components: resolves the components once the resources are open.
     """
 
-    def __init__(self, container: Container) -> None:
-        self._container = container
+    def __init__(
+        self,
+        resources: Sequence[providers.Provider[Any]],
+        components: providers.Singleton[Components],
+    ) -> None:
+        self._resources = list(resources)
+        self._components = components
 
     async def open(self) -> Components:
         """
-        Initialise every Resource and resolve the components; close all on failure.
+        Open every resource concurrently, then resolve the components; on failure
+        raise the first error, leaving what did open to ``close()``.
         """
-        try:
-            await ainit(self._container)
-            return await aresolve(self._container.components)
-        except BaseException:
-            await self.close()
-            raise
+        results = await asyncio.gather(
+            *(_init(r) for r in self._effective()), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return await aresolve(self._components)
 
     async def close(self) -> None:
         """
-        Shut every initialised Resource down (stores before the pool); idempotent.
+        Shut every opened resource down, last opened first; idempotent.
         """
-        await ashutdown(self._container)
+        for resource in reversed(self._effective()):
+            if resource.initialized:
+                await _shutdown(resource)
         # A later open() must build fresh components over fresh resources.
-        self._container.reset_singletons()
+        for singleton in self._components.traverse(types=[providers.Singleton]):
+            singleton.reset()
+        self._components.reset()
+
+    def _effective(self) -> list[providers.Resource[Any]]:
+        # What a test's override put in place of each resource, if anything.
+        found: list[providers.Resource[Any]] = []
+        for declared in self._resources:
+            provider: providers.Provider[Any] | None = declared
+            while provider is not None and provider.overridden:
+                provider = provider.last_overriding
+            if isinstance(provider, providers.Resource):
+                found.append(provider)
+        return found
+
+
+async def _init(resource: providers.Resource[Any]) -> None:
+    result = resource.init()
+    if inspect.isawaitable(result):
+        await result
+
+
+async def _shutdown(resource: providers.Resource[Any]) -> None:
+    result = resource.shutdown()
+    if inspect.isawaitable(result):
+        await result
 
 
 class Container(containers.DeclarativeContainer):
@@ -91,7 +153,6 @@ class Container(containers.DeclarativeContainer):
     Lake's providers. Build with ``create_container(settings)``.
     """
 
-    __self__ = providers.Self()
     config = providers.Configuration(strict=True)
 
     pg_pool = providers.Resource(
@@ -180,10 +241,14 @@ class Container(containers.DeclarativeContainer):
         retention_days=config.events.retention_days,
     )
 
+    # The read cache: keys, versions and the per-route policy, in one component.
+    reads = providers.Singleton(CachedReads, cache, database)
+
     components = providers.Singleton(
         Components,
         database=database,
         cache=cache,
+        reads=reads,
         vectors=vectors,
         series=series,
         spatial=spatial,
@@ -192,47 +257,132 @@ class Container(containers.DeclarativeContainer):
         relay=relay,
     )
 
+    resources = providers.Singleton(
+        ProviderResources,
+        resources=providers.List(
+            pg_pool.provider,
+            versions.provider,
+            redis.provider,
+            mesh_client.provider,
+        ),
+        components=components.provider,
+    )
+    usage = providers.Singleton(Usage)
+    loop_lag = providers.Singleton(
+        LoopLag, threshold_ms=config.health.loop_lag_threshold_ms
+    )
+
+    limits = providers.Singleton(
+        Limits,
+        max_vector_dim=config.limits.max_vector_dim,
+        max_batch=config.limits.max_batch,
+        max_top_k=config.limits.max_top_k,
+        max_range_points=config.limits.max_range_points,
+        max_radius_m=config.limits.max_radius_m,
+        max_range=providers.Factory(timedelta, days=config.limits.max_range_days),
+        max_buckets=config.limits.max_buckets,
+        max_polygon_vertices=config.limits.max_polygon_vertices,
+        max_ef_search=config.limits.max_ef_search,
+        max_text_chars=config.limits.max_text_chars,
+        max_stream_points=config.limits.max_stream_points,
+        max_tags=config.limits.max_tags,
+        max_tags_bytes=config.limits.max_tags_bytes,
+        max_json_keys=config.limits.max_json_keys,
+        max_json_depth=config.limits.max_json_depth,
+    )
+    # Retry policies: opening the resources, and transient failures of operations.
+    startup_policy = providers.Singleton(
+        RetryPolicy,
+        attempts=config.startup.attempts,
+        timeout=config.startup.timeout,
+        wait_initial=config.startup.wait_initial,
+        wait_max=config.startup.wait_max,
+    )
+    operation_policy = providers.Singleton(
+        RetryPolicy,
+        attempts=config.operations.attempts,
+        timeout=config.operations.timeout,
+    )
+
     manager = providers.Singleton(
         ServiceManager,
-        resources=providers.Factory(ContainerResources, __self__),
-        limits=providers.Factory(
-            Limits,
-            max_vector_dim=config.limits.max_vector_dim,
-            max_batch=config.limits.max_batch,
-            max_top_k=config.limits.max_top_k,
-            max_range_points=config.limits.max_range_points,
-            max_radius_m=config.limits.max_radius_m,
-            max_range=providers.Factory(timedelta, days=config.limits.max_range_days),
-            max_buckets=config.limits.max_buckets,
-            max_polygon_vertices=config.limits.max_polygon_vertices,
-            max_ef_search=config.limits.max_ef_search,
-            max_text_chars=config.limits.max_text_chars,
-            max_stream_points=config.limits.max_stream_points,
-            max_tags=config.limits.max_tags,
-            max_tags_bytes=config.limits.max_tags_bytes,
-            max_json_keys=config.limits.max_json_keys,
-            max_json_depth=config.limits.max_json_depth,
-        ),
-        startup=providers.Factory(
-            RetryPolicy,
-            attempts=config.startup.attempts,
-            timeout=config.startup.timeout,
-            wait_initial=config.startup.wait_initial,
-            wait_max=config.startup.wait_max,
-        ),
-        operations=providers.Factory(
-            RetryPolicy,
-            attempts=config.operations.attempts,
-            timeout=config.operations.timeout,
-        ),
+        resources=resources,
+        limits=limits,
+        startup=startup_policy,
+        operations=operation_policy,
         operation_timeout=config.operations.timeout,
         attempt_timeout=config.startup.attempt_timeout,
         check_timeout=config.health.check_timeout,
         grace=config.grpc.grace,
-        loop_lag=providers.Singleton(
-            LoopLag, threshold_ms=config.health.loop_lag_threshold_ms
-        ),
+        loop_lag=loop_lag,
+        usage=usage,
     )
+
+    # --- the gRPC face -----------------------------------------------------------
+    # Budgets per call class, shared by the admission guard and GetStatus.
+    admission = providers.Singleton(
+        Admission,
+        max_api_calls=config.grpc.max_concurrent_rpcs,
+        max_open_streams=config.grpc.max_open_streams,
+        max_streams_per_peer=config.grpc.max_streams_per_peer,
+    )
+    # Settings tokens; the server hands it the token table once serving.
+    keyring = providers.Singleton(Keyring, config.auth.tokens)
+    auth_failures = providers.Singleton(
+        FailureLimiter,
+        max_failures=config.auth.max_failures,
+        window_s=config.auth.failure_window_s,
+    )
+    admission_guard = providers.Singleton(AdmissionInterceptor, admission)
+    auth = providers.Singleton(
+        AuthInterceptor,
+        keyring,
+        max_deadline=config.grpc.max_deadline_s,
+        enabled=config.auth.enabled,
+        limiter=auth_failures,
+    )
+    decode_guard = providers.Singleton(DecodeGuard)
+    # Admission first: a call refused for want of a slot costs nothing more.
+    interceptors = providers.List(admission_guard, auth, decode_guard)
+    server_credentials = providers.Singleton(grpc_server_credentials, config.grpc.tls)
+    server = providers.Singleton(
+        LakeServer,
+        manager,
+        address=config.grpc.address,
+        admission=admission,
+        keyring=keyring,
+        interceptors=interceptors,
+        credentials=server_credentials,
+        interval=config.health.interval,
+        max_message_bytes=config.grpc.max_message_bytes,
+        reflection_enabled=config.grpc.reflection,
+        max_connection_age=config.grpc.max_connection_age_s,
+        max_streams_per_connection=config.grpc.max_streams_per_connection,
+        stream_idle_timeout=config.grpc.stream_idle_timeout_s,
+        token_refresh=config.auth.refresh_s,
+    )
+
+    # --- background workers and the whole ------------------------------------------
+    upkeep = providers.Singleton(
+        UpkeepWorker, manager, interval=config.timeseries.maintenance_interval
+    )
+    relay_worker = providers.Singleton(
+        RelayWorker, manager, interval=config.events.interval
+    )
+    workers = providers.Callable(
+        select_workers, upkeep, relay_worker, relay_enabled=events
+    )
+    lake = providers.Singleton(
+        Lake,
+        manager,
+        server=server,
+        tokens=tokens.provider,
+        workers=workers,
+        grace=config.grpc.grace,
+        profile=config.profile,
+    )
+    # ``lake migrate``: start-up (which migrates) and stop, with nothing served.
+    migration = providers.Singleton(Lake, manager)
 
 
 def create_container(settings: dict[str, Any]) -> Container:
@@ -252,24 +402,6 @@ def create_container(settings: dict[str, Any]) -> Container:
         resource.enable_async_mode()
     container.components.enable_async_mode()
     return container
-
-
-async def ainit(container: containers.Container) -> None:
-    """
-    Await ``init_resources()``, which returns None when nothing is async.
-    """
-    result = container.init_resources()
-    if result is not None:
-        await result
-
-
-async def ashutdown(container: containers.Container) -> None:
-    """
-    Await ``shutdown_resources()``, which returns None when nothing is async.
-    """
-    result = container.shutdown_resources()
-    if result is not None:
-        await result
 
 
 async def aresolve(provider: providers.Provider[T]) -> T:

@@ -15,17 +15,12 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
-from collections import Counter
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, overload
 
 import structlog
 
 from lake import deadline
-from lake.codec import (
-    cache_key,
-)
 from lake.errors import (
     ConflictError,
     DeadlineExceededError,
@@ -52,7 +47,10 @@ from lake.models import (
     Collection,
     FeatureMatch,
     Limits,
+    MaintenanceReport,
     PointPage,
+    RelayReport,
+    ServiceStatus,
     VectorMatch,
 )
 from lake.offload import run_heavy
@@ -77,8 +75,9 @@ from lake.operations import (
 from lake.ports import Components, ResourceSet
 from lake.resilience import RetryPolicy
 from lake.routes import ROUTES, Route
+from lake.usage import OperationStats, Usage
 
-__all__ = ["OperationStats", "ServiceManager", "State"]
+__all__ = ["ServiceManager", "State"]
 
 log = structlog.get_logger(__name__)
 
@@ -95,17 +94,6 @@ class State(enum.Enum):
     STOPPED = "stopped"
 
 
-@dataclass(slots=True)
-class OperationStats:
-    """
-    Usage of one operation kind: calls, failures by error, total latency.
-    """
-
-    calls: int = 0
-    failures: Counter[str] = field(default_factory=Counter)
-    total_ms: float = 0.0
-
-
 class ServiceManager:
     """
     Starts, checks, routes to and stops the components it is given.
@@ -120,6 +108,7 @@ class ServiceManager:
         grace: seconds that closing the resources may take.
         loop_lag: samples the event loop's lag while running; health shows it and
             does not blame a dependency for a check the loop was too busy to hear.
+        usage: counts calls, failures and latency per operation kind.
     """
 
     def __init__(
@@ -134,6 +123,7 @@ class ServiceManager:
         grace: float = 5.0,
         operation_timeout: float = 30.0,
         loop_lag: LoopLag | None = None,
+        usage: Usage | None = None,
     ) -> None:
         self._resources = resources
         self._limits = limits
@@ -148,7 +138,7 @@ class ServiceManager:
         self._lock = asyncio.Lock()
         self._components: Components | None = None
         self._health_run: asyncio.Future[HealthReport] | None = None
-        self.stats: dict[str, OperationStats] = {}
+        self._usage = usage or Usage()
         self._routes = ROUTES
 
     @property
@@ -157,6 +147,13 @@ class ServiceManager:
         The caps every operation is validated against (the API checks counts early).
         """
         return self._limits
+
+    @property
+    def stats(self) -> dict[str, OperationStats]:
+        """
+        Usage so far, per operation kind.
+        """
+        return self._usage.operations
 
     @property
     def state(self) -> State:
@@ -184,10 +181,11 @@ class ServiceManager:
             self._state = State.STARTING
             started = time.perf_counter()
             try:
+                # Each failed attempt closes what it opened, once; nothing is
+                # left to close here.
                 self._components = await self._startup.run(self._open_once)
             except BaseException as exc:
                 self._state = State.STOPPED
-                await self._close_quietly()
                 if isinstance(exc, Exception):
                     msg = f"start-up failed: {_describe(exc)}"
                     raise LifecycleError(msg) from None
@@ -345,17 +343,17 @@ class ServiceManager:
         # checked on the worker thread, so the event loop keeps serving meanwhile.
         await run_heavy(partial(operation.validate, self._limits), _weight(operation))
         name = type(operation).__name__
-        stats = self.stats.setdefault(name, OperationStats())
-        stats.calls += 1
+        failure: str | None = None
         started = time.perf_counter()
         with operation_context(tenant=operation.tenant, operation=name):
             try:
                 return await self._bounded(route, operation)
             except LakeError as exc:
-                stats.failures[_failure_kind(exc)] += 1
+                failure = _failure_kind(exc)
                 raise
             finally:
-                stats.total_ms += (time.perf_counter() - started) * 1000.0
+                took_ms = (time.perf_counter() - started) * 1000.0
+                self._usage.record(name, took_ms, failure)
 
     async def _bounded(self, route: Route, op: Any) -> object:
         # One bound for the whole operation, retries included: the caller's deadline
@@ -374,21 +372,11 @@ class ServiceManager:
     async def _dispatch(self, route: Route, op: Any) -> object:
         c = self._running()
         load = partial(route.handler, c, op)
-        if route.scope is None or route.codec is None or not c.cache.available:
+        if route.scope is None or route.codec is None:
             return await load()
-        scope = route.scope(op)
-        key = cache_key(op.tenant, scope, op)
-        codec = route.codec
-        return await c.cache.read_through(
-            key,
-            partial(c.database.cache_version, op.tenant, scope),
-            load,
-            codec.encode,
-            codec.decode,
-            route=type(op).__name__,
-        )
+        return await c.reads.read(op.tenant, route.scope(op), op, load, route.codec)
 
-    async def maintain(self) -> object:
+    async def maintain(self) -> MaintenanceReport:
         """
         Run periodic store upkeep: time-series partitions ahead, expired ones
         dropped, delivered outbox events purged.
@@ -403,7 +391,7 @@ class ServiceManager:
             raise DeadlineExceededError(msg) from None
         return report
 
-    async def deliver_events(self) -> object:
+    async def deliver_events(self) -> RelayReport:
         """
         Deliver pending change events to the stream peer (one relay round).
         """
@@ -415,30 +403,27 @@ class ServiceManager:
             msg = "event delivery did not finish in time"
             raise DeadlineExceededError(msg) from None
 
-    async def status(self) -> dict[str, Any]:
+    async def status(self) -> ServiceStatus:
         """
         State, per-operation usage, pool and cache figures and the event backlog,
         for operators. Holds no tenant data.
         """
-        report: dict[str, Any] = {"state": self._state.value}
         c = self._components
-        if self._state is State.RUNNING and c is not None:
-            report["pool"] = c.database.metrics()
-            report["cache"] = c.cache.stats()
-            try:
-                report["events_pending"] = await c.relay.backlog()
-            except LakeError as exc:
-                report["events_pending"] = f"unknown ({exc})"
-        return report | {
-            "operations": {
-                k: {
-                    "calls": v.calls,
-                    "failures": dict(v.failures),
-                    "mean_ms": round(v.total_ms / v.calls, 3) if v.calls else 0.0,
-                }
-                for k, v in self.stats.items()
-            },
-        }
+        operations = self._usage.report()
+        if self._state is not State.RUNNING or c is None:
+            return ServiceStatus(self._state.value, operations)
+        pending: int | str
+        try:
+            pending = await c.relay.backlog()
+        except LakeError as exc:
+            pending = f"unknown ({exc})"
+        return ServiceStatus(
+            self._state.value,
+            operations,
+            pool=c.database.metrics(),
+            cache=c.cache.stats(),
+            events_pending=pending,
+        )
 
 
 def _weight(op: Operation) -> int:

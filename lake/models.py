@@ -19,9 +19,13 @@ __all__ = [
     "Feature",
     "FeatureMatch",
     "Limits",
+    "MaintenanceReport",
+    "MigrationReport",
     "Point",
     "PointPage",
+    "RelayReport",
     "SeriesPoint",
+    "ServiceStatus",
     "TextItem",
     "VectorItem",
     "VectorMatch",
@@ -200,3 +204,65 @@ class Event:
     kind: str
     payload: Mapping[str, Any]
     occurred_at: datetime
+
+
+# --- reports: what upkeep, migration and event delivery did -------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MaintenanceReport:
+    """
+    Partitions a maintenance run created and dropped.
+    """
+
+    created: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationReport:
+    """
+    What a migration run did: versions applied, versions skipped for want of an
+    extension (with the extensions missing).
+    """
+
+    applied: list[int] = field(default_factory=list)
+    skipped: dict[int, list[str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RelayReport:
+    """
+    One relay round: events delivered, and whether the peer refused or failed.
+    """
+
+    delivered: int
+    failed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceStatus:
+    """
+    Operator figures: the state and usage per operation; once running, the pool,
+    the cache and the events waiting for delivery (a reason when unknown). Holds
+    no tenant data.
+    """
+
+    state: str
+    operations: Mapping[str, Any]
+    pool: Mapping[str, int] | None = None
+    cache: Mapping[str, Any] | None = None
+    events_pending: int | str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """
+        The figures as plain values, those not known left out.
+        """
+        figures = {
+            "state": self.state,
+            "operations": self.operations,
+            "pool": self.pool,
+            "cache": self.cache,
+            "events_pending": self.events_pending,
+        }
+        return {k: v for k, v in figures.items() if v is not None}

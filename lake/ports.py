@@ -12,14 +12,18 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
+from lake.codec import Codec
 from lake.models import (
     Bucket,
     Collection,
     Event,
     Feature,
     FeatureMatch,
+    MaintenanceReport,
+    MigrationReport,
     Point,
     PointPage,
+    RelayReport,
     VectorItem,
     VectorMatch,
 )
@@ -30,6 +34,7 @@ __all__ = [
     "Database",
     "Mesh",
     "Migrator",
+    "Reads",
     "Relay",
     "ResourceSet",
     "SpatialStore",
@@ -106,6 +111,25 @@ class Cache(Pingable, Protocol):
     def stats(self) -> dict[str, Any]:
         """
         Hits, misses and errors so far.
+        """
+
+
+class Reads(Protocol):
+    """
+    Reads served through the read cache, keyed on the version of their scope.
+    """
+
+    async def read(
+        self,
+        tenant: str,
+        scope: str,
+        operation: object,
+        load: Callable[[], Awaitable[T]],
+        codec: Codec[T],
+    ) -> T:
+        """
+        ``operation``'s answer at the current version of ``scope``, from the cache
+        or from ``load()``.
         """
 
 
@@ -197,7 +221,7 @@ class TimeSeriesStore(Pingable, Protocol):
         Points aggregated into time buckets.
         """
 
-    async def maintain(self) -> object:
+    async def maintain(self) -> MaintenanceReport:
         """
         Create partitions ahead; drop expired ones.
         """
@@ -281,7 +305,7 @@ class Relay(Protocol):
     Delivers outbox events to the stream peer.
     """
 
-    async def run_once(self) -> object:
+    async def run_once(self) -> RelayReport:
         """
         Deliver what is pending now.
         """
@@ -302,7 +326,7 @@ class Migrator(Protocol):
     Applies schema migrations.
     """
 
-    async def migrate(self) -> object:
+    async def migrate(self) -> MigrationReport:
         """
         Apply pending migrations; return a report.
         """
@@ -316,6 +340,7 @@ class Components:
 
     database: Database
     cache: Cache
+    reads: Reads
     vectors: VectorStore
     series: TimeSeriesStore
     spatial: SpatialStore
@@ -331,7 +356,7 @@ class ResourceSet(Protocol):
 
     async def open(self) -> Components:
         """
-        Open every resource; on failure, close what was opened and raise.
+        Open every resource; on failure raise, leaving what did open to ``close()``.
         """
 
     async def close(self) -> None:

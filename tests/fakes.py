@@ -18,13 +18,17 @@ from lake.models import (
     Event,
     Feature,
     FeatureMatch,
+    MaintenanceReport,
+    MigrationReport,
     Point,
     PointPage,
+    RelayReport,
     SeriesPoint,
     VectorItem,
     VectorMatch,
 )
 from lake.ports import Components
+from lake.stores.cache import CachedReads
 
 T = TypeVar("T")
 
@@ -262,9 +266,9 @@ class FakeTimeSeriesStore(FakePingable):
             Bucket(b, sum(vs) / len(vs), len(vs)) for b, vs in sorted(groups.items())
         ]
 
-    async def maintain(self) -> object:
+    async def maintain(self) -> MaintenanceReport:
         self.maintained += 1
-        return None
+        return MaintenanceReport()
 
 
 class FakeSpatialStore(FakePingable):
@@ -352,9 +356,9 @@ class FakeRelay:
         self.rounds = 0
         self.purges = 0
 
-    async def run_once(self) -> object:
+    async def run_once(self) -> RelayReport:
         self.rounds += 1
-        return None
+        return RelayReport(0)
 
     async def purge(self) -> int:
         self.purges += 1
@@ -369,11 +373,11 @@ class FakeMigrator:
         self.runs = 0
         self.fail: Exception | None = None
 
-    async def migrate(self) -> object:
+    async def migrate(self) -> MigrationReport:
         self.runs += 1
         if self.fail is not None:
             raise self.fail
-        return None
+        return MigrationReport()
 
 
 @dataclass
@@ -395,6 +399,7 @@ class Fakes:
         return Components(
             database=self.database,
             cache=self.cache,
+            reads=CachedReads(self.cache, self.database),
             vectors=self.vectors,
             series=self.series,
             spatial=self.spatial,

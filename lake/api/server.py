@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Mapping
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
@@ -19,9 +19,8 @@ import structlog
 from google.protobuf import struct_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from lake.api.admission import Admission, AdmissionInterceptor
-from lake.api.auth import AuthInterceptor, FailureLimiter, Keyring
-from lake.api.decode import DecodeGuard
+from lake.api.admission import Admission
+from lake.api.auth import Keyring
 from lake.api.reflection import enable_reflection
 from lake.api.servicer import SpatialServicer, TimeSeriesServicer, VectorsServicer
 from lake.api.tokens import TokensServicer
@@ -87,7 +86,7 @@ class _LakeHealthServicer(lake_health_grpc.LakeHealthServicer):
         self, request: lake_health_pb2.GetStatusRequest, context: Any
     ) -> lake_health_pb2.GetStatusResponse:
         status = struct_pb2.Struct()
-        report = await self._manager.status()
+        report = (await self._manager.status()).as_dict()
         report["admission"] = self._admission.stats()
         status.update(json.loads(json.dumps(report, default=str)))
         return lake_health_pb2.GetStatusResponse(status=status)
@@ -96,6 +95,21 @@ class _LakeHealthServicer(lake_health_grpc.LakeHealthServicer):
 class LakeServer:
     """
     A grpc.aio server bound to one address, with health kept current by a monitor.
+
+    The container builds it with its interceptors (admission, auth, decode guard),
+    the admission budgets they share and the keyring auth reads. Interceptors are
+    required: a server given none authenticates nothing, so that must be said
+    outright (tests of binding only).
+
+    Args:
+        manager: what the services call.
+        address: host:port to listen on (port 0: any free port).
+        admission: the per-class budgets; ``GetStatus`` reports them.
+        keyring: the tokens auth accepts; ``serving()`` gives it the token table.
+        interceptors: run on every call, in order (auth among them).
+        credentials: TLS (see lake.tls) when given, else plaintext.
+        interval: seconds between health refreshes.
+        token_refresh: seconds between re-reads of the token table.
     """
 
     def __init__(
@@ -103,48 +117,31 @@ class LakeServer:
         manager: ServiceManager,
         *,
         address: str,
+        interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]],
+        admission: Admission | None = None,
+        keyring: Keyring | None = None,
+        credentials: grpc.ServerCredentials | None = None,
         interval: float = 2.0,
         max_message_bytes: int = 4 * 1024 * 1024,
-        max_concurrent_rpcs: int = 256,
         reflection_enabled: bool = True,
-        tokens: Mapping[str, Any] | None = None,
-        auth_enabled: bool = True,
-        max_deadline: float = 30.0,
         max_connection_age: float = 300.0,
-        max_open_streams: int = 64,
-        max_streams_per_peer: int = 8,
         max_streams_per_connection: int = 256,
         stream_idle_timeout: float = 10.0,
-        credentials: grpc.ServerCredentials | None = None,
         token_refresh: float = 2.0,
-        max_auth_failures: int = 20,
-        auth_failure_window: float = 60.0,
     ) -> None:
         self._manager = manager
         self._address = address
-        # TLS (see lake.tls) when given, else plaintext.
         self._credentials = credentials
         self._interval = interval
-        self.admission = Admission(
-            max_api_calls=max_concurrent_rpcs,
-            max_open_streams=max_open_streams,
-            max_streams_per_peer=max_streams_per_peer,
+        self.admission = admission or Admission(
+            max_api_calls=256, max_open_streams=64, max_streams_per_peer=8
         )
         # Settings tokens now; the token table's once serving() is given its store.
-        self.keyring = Keyring(tokens or {})
+        self.keyring = keyring or Keyring({})
         self._token_refresh = token_refresh
         self._token_watch: asyncio.Task[None] | None = None
-        auth = AuthInterceptor(
-            self.keyring,
-            max_deadline=max_deadline,
-            enabled=auth_enabled,
-            limiter=FailureLimiter(
-                max_failures=max_auth_failures, window_s=auth_failure_window
-            ),
-        )
         self._server = grpc.aio.server(
-            # Admission first: a call refused for want of a slot costs nothing more.
-            interceptors=[AdmissionInterceptor(self.admission), auth, DecodeGuard()],
+            interceptors=list(interceptors),
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 
 import structlog
 
 from lake.errors import LakeError
-from lake.models import Event
+from lake.models import Event, RelayReport
 from lake.ports import Mesh
 from lake.stores.database import Database
 
@@ -27,16 +26,6 @@ __all__ = ["OutboxRelay", "RelayReport"]
 
 log = structlog.get_logger(__name__)
 _RELAY_LOCK = 0x6C616B72  # "lakr"
-
-
-@dataclass(frozen=True, slots=True)
-class RelayReport:
-    """
-    One relay round: events delivered, and whether the peer refused or failed.
-    """
-
-    delivered: int
-    failed: bool = False
 
 
 class OutboxRelay:

@@ -16,14 +16,17 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 import structlog
 
+from lake.codec import Codec, cache_key
 from lake.errors import StoreUnavailableError
+from lake.ports import Cache, Database
 
-__all__ = ["RedisCache", "RoutePolicy"]
+__all__ = ["CachedReads", "RedisCache", "RoutePolicy"]
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
@@ -324,3 +327,37 @@ class RedisCache:
             raise StoreUnavailableError(msg) from None
         self._skip_until = float("-inf")
         return None
+
+
+class CachedReads:
+    """
+    Reads served through the cache: the key from the operation, the version from
+    PostgreSQL, the entry from Redis while caching the route pays.
+    """
+
+    def __init__(self, cache: Cache, database: Database) -> None:
+        self._cache = cache
+        self._database = database
+
+    async def read(
+        self,
+        tenant: str,
+        scope: str,
+        operation: object,
+        load: Callable[[], Awaitable[T]],
+        codec: Codec[T],
+    ) -> T:
+        """
+        ``operation``'s answer, cached under its tenant's ``scope``; straight from
+        ``load()`` while the cache is being skipped.
+        """
+        if not self._cache.available:
+            return await load()
+        return await self._cache.read_through(
+            cache_key(tenant, scope, operation),
+            partial(self._database.cache_version, tenant, scope),
+            load,
+            codec.encode,
+            codec.decode,
+            route=type(operation).__name__,
+        )

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 
 import structlog
 
 from lake.errors import StoreError
+from lake.models import MigrationReport
 from lake.stores.database import Database
 
 __all__ = ["Migration", "MigrationReport", "Migrator", "load_migrations"]
@@ -47,16 +48,6 @@ class Migration:
         SHA-256 of the SQL, to notice a file edited after it was applied.
         """
         return hashlib.sha256(self.sql.encode()).hexdigest()
-
-
-@dataclass(frozen=True, slots=True)
-class MigrationReport:
-    """
-    What a migration run did.
-    """
-
-    applied: list[int] = field(default_factory=list)
-    skipped: dict[int, list[str]] = field(default_factory=dict)
 
 
 def load_migrations() -> list[Migration]:

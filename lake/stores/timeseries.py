@@ -13,14 +13,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 import asyncpg
 
 from lake.errors import ValidationError
-from lake.models import Bucket, Point, PointPage, SeriesPoint, series_scope
+from lake.models import (
+    Bucket,
+    MaintenanceReport,
+    Point,
+    PointPage,
+    SeriesPoint,
+    series_scope,
+)
 from lake.stores.cursor import FORGED, CursorSigner
 from lake.stores.database import Database, record_write
 
@@ -85,16 +91,6 @@ def utcnow() -> datetime:
     The current time in UTC.
     """
     return datetime.now(UTC)
-
-
-@dataclass(frozen=True, slots=True)
-class MaintenanceReport:
-    """
-    Partitions a maintenance run created and dropped.
-    """
-
-    created: list[str] = field(default_factory=list)
-    dropped: list[str] = field(default_factory=list)
 
 
 class PgTimeSeriesStore:

@@ -202,7 +202,8 @@ async def test_256_concurrent_reads_never_switch_the_cache_off(lake_settings):
         for _ in range(2):
             replies = await asyncio.gather(*(read(i) for i in range(256)))
             assert all(len(r.matches) == 3 for r in replies)
-        stats = (await manager.status())["cache"]
+        stats = (await manager.status()).cache
+        assert stats is not None
         assert stats["errors"] == 0, stats
         assert stats["skipping"] == 0, stats
         assert stats["hits"] + stats["misses"] > 0, stats

@@ -209,7 +209,7 @@ async def test_a_port_held_by_another_process_is_refused():
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         address = f"127.0.0.1:{taken.getsockname()[1]}"
-        server = LakeServer(fake_manager(), address=address)
+        server = LakeServer(fake_manager(), address=address, interceptors=())
         with pytest.raises(ConfigError) as info:
             await server.start()
     assert (
@@ -220,10 +220,10 @@ async def test_a_port_held_by_another_process_is_refused():
 
 async def test_a_second_lake_server_on_the_same_port_is_refused():
     """grpc's SO_REUSEPORT is off: a second Lake on a live Lake's port refuses."""
-    first = LakeServer(fake_manager(), address="127.0.0.1:0")
+    first = LakeServer(fake_manager(), address="127.0.0.1:0", interceptors=())
     await first.start()
     try:
-        second = LakeServer(fake_manager(), address=first.address)
+        second = LakeServer(fake_manager(), address=first.address, interceptors=())
         with pytest.raises(ConfigError, match="already in use by another process"):
             await second.start()
     finally:

@@ -17,9 +17,11 @@ from pathlib import Path
 import grpc
 import pytest
 import trustme
+from dependency_injector import providers
 
 from lake.api.auth import hash_token
 from lake.api.server import LakeServer
+from lake.config import load_settings
 from lake.container import aresolve, create_container
 from lake.errors import MeshUnavailableError
 from lake.health import Status
@@ -28,6 +30,7 @@ from lake.mesh.client import open_mesh
 from lake.mesh.peers import CortexPeer, PeerServer
 from lake.tls import ClientTLS, ServerTLS, channel_credentials, server_credentials
 from lake.v1 import health_pb2, health_pb2_grpc
+from tests.api.conftest import api_settings
 from tests.certs import Pem, issue, write_ca
 
 LAKE = [sys.executable, "-m", "lake"]
@@ -65,14 +68,13 @@ def pki(tmp_path) -> Pki:
 async def tls_lake(
     manager: ServiceManager, tls: ServerTLS
 ) -> AsyncIterator[LakeServer]:
-    """A Lake gRPC server on 127.0.0.1:0 serving TLS with ``tls``'s files."""
-    server = LakeServer(
-        manager,
-        address="127.0.0.1:0",
-        interval=0.2,
-        tokens={hash_token(TOKEN): "tenant-a"},
-        credentials=server_credentials(tls),
-    )
+    """A Lake gRPC server on 127.0.0.1:0 serving TLS with ``tls``'s files, built
+    through the container with ``manager`` and the credentials put in place."""
+    tokens = {hash_token(TOKEN): "tenant-a"}
+    container = create_container(api_settings(load_settings("testing"), tokens=tokens))
+    container.manager.override(providers.Object(manager))
+    container.server_credentials.override(providers.Object(server_credentials(tls)))
+    server: LakeServer = await aresolve(container.server)
     await server.start()
     await server.serving()
     try:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from lake.container import aresolve, create_container
-from lake.errors import LifecycleError, StoreUnavailableError
+from lake.errors import LifecycleError, StoreError, StoreUnavailableError
 from lake.manager import State
 from lake.operations import SearchVectors, UpsertVectors, VectorItem
 from tests.fakes import (
@@ -107,3 +107,34 @@ async def test_config_reaches_the_manager_as_plain_values(settings):
     with pytest.raises(ValueError, match=r"k: must lie in \[1, 5\]"):
         await manager.coordinate(SearchVectors("t1", "docs", [1.0], k=6))
     await manager.stop()
+
+
+async def test_a_failed_start_closes_each_opened_resource_once(settings):
+    """A permanent failure opening Redis closes the pool and mesh once, unretried."""
+    failing = FailingResource(StoreError("redis rejected the password"))
+    container, fakes, _ = overridden(settings, redis=failing)
+    manager = await aresolve(container.manager)
+    with pytest.raises(LifecycleError, match="rejected the password"):
+        await manager.start()
+    assert failing.attempts == 1
+    for name in ("pg_pool", "mesh_client"):
+        assert (fakes[name].opened, fakes[name].closed) == (1, 1)
+
+
+def test_the_relay_worker_runs_only_with_a_stream_peer(settings):
+    """The container decides once whether a stream peer is configured."""
+    settings["mesh"]["peers"] = {}
+    assert [w.name for w in create_container(settings).workers()] == ["upkeep"]
+    settings["mesh"]["peers"] = {"stream": ["127.0.0.1:1"]}
+    container = create_container(settings)
+    assert [w.name for w in container.workers()] == ["upkeep", "relay"]
+    assert container.events()
+
+
+async def test_the_container_shows_the_server_and_the_workers(settings):
+    """The whole service resolves from the container without opening anything."""
+    container = create_container(settings)
+    lake = container.lake()
+    assert lake.server is container.server()
+    assert lake.manager is container.manager()
+    assert container.migration().server is None

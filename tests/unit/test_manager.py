@@ -112,6 +112,7 @@ async def test_permanent_start_failure_is_not_retried():
         await manager.start()
     assert resources.opens == 1
     assert not resources.open_now
+    assert resources.closes == 1  # closed once, not once per layer
     assert manager.state is State.STOPPED
 
 
@@ -325,14 +326,15 @@ async def test_status_before_and_after_start():
     fakes = Fakes()
     manager = make_manager(FakeResourceSet(fakes.components()))
     before = await manager.status()
-    assert before == {"state": "new", "operations": {}}
+    assert before.as_dict() == {"state": "new", "operations": {}}
     await manager.start()
     await manager.coordinate(SearchVectors("t1", "docs", [1.0], k=1))
     after = await manager.status()
-    assert after["state"] == "running"
-    assert after["operations"]["SearchVectors"]["calls"] == 1
-    assert after["pool"]["size"] == 1
-    assert after["events_pending"] == 0
+    assert after.state == "running"
+    assert after.operations["SearchVectors"]["calls"] == 1
+    assert after.pool is not None
+    assert after.pool["size"] == 1
+    assert after.events_pending == 0
 
 
 async def test_operation_context_is_bound_during_the_call_only():
