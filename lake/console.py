@@ -129,7 +129,7 @@ _MAX_US = (datetime.max.replace(tzinfo=UTC) - datetime.fromtimestamp(0, UTC)) //
 
 
 def _timestamp_us(text: str) -> int:
-    if _EPOCH.match(text):
+    if _EPOCH.fullmatch(text):
         micros = int(Decimal(text) * 1_000_000)
     else:
         try:
@@ -148,7 +148,7 @@ def _timestamp_us(text: str) -> int:
 
 
 def _value(text: str) -> float:
-    if not _NUMBER.match(text) or not math.isfinite(float(text)):
+    if not _NUMBER.fullmatch(text) or not math.isfinite(float(text)):
         msg = f"value {text!r} is not a finite number"
         raise ValueError(msg)
     return float(text)

@@ -327,7 +327,8 @@ class Container(containers.DeclarativeContainer):
         max_streams_per_peer=config.grpc.max_streams_per_peer,
     )
     # Settings tokens; the server hands it the token table once serving.
-    keyring = providers.Singleton(Keyring, config.auth.tokens)
+    # Expects the token table: until it is read, unknown tokens are "starting".
+    keyring = providers.Singleton(Keyring, config.auth.tokens, expect_table=True)
     auth_failures = providers.Singleton(
         FailureLimiter,
         max_failures=config.auth.max_failures,

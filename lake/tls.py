@@ -181,6 +181,10 @@ class CertificateFiles:
                 self._failed = stamps
                 log.warning("tls_reload_failed", error=str(exc))
                 return None
+            if self._stat() != stamps:
+                # A file changed while it was checked and read: the pair may not
+                # match. Keep serving the old one; the next handshake tries again.
+                return None
             self._stamps = stamps
         log.info("tls_certificate_reloaded", cert_file=self._tls.cert_file)
         return config

@@ -47,12 +47,12 @@ def check_tenant(tenant: object) -> None:
     """
     A tenant id: lowercase ASCII letters, digits, ``_`` and ``-``; at most 63 chars.
     """
-    if not isinstance(tenant, str) or not _TENANT.match(tenant):
+    if not isinstance(tenant, str) or not _TENANT.fullmatch(tenant):
         raise ValidationError("tenant", "must match [a-z0-9][a-z0-9_-]{0,62}")
 
 
 def check_name(name: object, where: str) -> None:
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ValidationError(where, "must match [a-z][a-z0-9_.]{0,62} (ASCII only)")
 
 

@@ -135,8 +135,15 @@ class Keyring:
     """
 
     def __init__(
-        self, settings_tokens: Mapping[str, Any], *, cache_size: int = 10_000
+        self,
+        settings_tokens: Mapping[str, Any],
+        *,
+        cache_size: int = 10_000,
+        expect_table: bool = False,
     ) -> None:
+        # Until the token table has been read once (start-up), a token not in the
+        # settings may well be a valid table token: ``pending`` says so.
+        self.pending = expect_table
         self._static = settings_principals(settings_tokens)
         self._stored: dict[str, TokenRecord] = {}
         self._live: dict[str, Principal] = dict(self._static)
@@ -180,7 +187,10 @@ class Keyring:
         if self.store is None:
             return False
         async with self._refresh_lock:
-            return await self._refresh(self.store)
+            changed = await self._refresh(self.store)
+        if not self._refresh_failing:
+            self.pending = False
+        return changed
 
     async def _refresh(self, store: TokenStore) -> bool:
         try:
@@ -397,6 +407,10 @@ class AuthInterceptor(_Interceptor):
             if scheme.lower() == "bearer" and token
             else "missing"
         )
+        if found == "unknown" and self._keyring.pending:
+            # Starting: the token table is not read yet, so an unknown token may be
+            # a valid one. Retryable, and not counted against the peer.
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "starting: retry shortly")
         if isinstance(found, str):
             # The limit applies to failures only: a valid token always passes, so
             # one bad client behind a shared address (a TLS proxy) cannot lock

@@ -42,6 +42,27 @@ _CODES: list[tuple[type[LakeError], grpc.StatusCode]] = [
 ]
 
 
+def _kind(exc: BaseException) -> str:
+    module = type(exc).__module__
+    if module == "builtins" or module.startswith("lake"):
+        return type(exc).__qualname__
+    return "library error"  # a driver's or library's class name stays out
+
+
+def _where(exc: BaseException) -> str:
+    """
+    The innermost frame of Lake's own code in the traceback, as ``module:line``.
+    """
+    found = "unknown"
+    tb = exc.__traceback__
+    while tb is not None:
+        name = tb.tb_frame.f_globals.get("__name__", "")
+        if isinstance(name, str) and name.startswith("lake"):
+            found = f"{name}:{tb.tb_lineno}"
+        tb = tb.tb_next
+    return found
+
+
 def status_of(exc: BaseException, method: str = "") -> tuple[grpc.StatusCode, str]:
     """
     The status and client-safe message for ``exc``.
@@ -66,5 +87,13 @@ def status_of(exc: BaseException, method: str = "") -> tuple[grpc.StatusCode, st
             detail=exc.detail,
         )
     else:
-        log.error("rpc_crashed", method=method, error_id=error_id, exc_info=exc)
+        # No traceback text (it may quote SQL, values or driver internals): the
+        # exception's kind and where in Lake it was raised, enough to find the bug.
+        log.error(
+            "rpc_crashed",
+            method=method,
+            error_id=error_id,
+            kind=_kind(exc),
+            at=_where(exc),
+        )
     return grpc.StatusCode.INTERNAL, f"internal error (error id {error_id})"

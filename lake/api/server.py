@@ -230,6 +230,8 @@ class LakeServer:
             self._token_watch = asyncio.create_task(
                 self.keyring.watch(self._token_refresh), name="token-refresh"
             )
+        else:
+            self.keyring.pending = False  # no table: the settings are all there is
         await self.health.set("", _SERVING)
         await self.refresh()
         self._monitor = asyncio.create_task(self._watch(), name="health-monitor")

@@ -51,9 +51,9 @@ def translate_pg_error(exc: BaseException) -> LakeError:
     """
     Map a driver or network error to the Lake error that says what happened.
 
-    The result's ``detail`` names the SQLSTATE and the driver's error class for the
-    operator's log line; neither reaches a client, and no SQL text or parameter
-    value is kept.
+    The result's ``detail`` names the SQLSTATE and PostgreSQL's condition name for
+    the operator's log line; neither reaches a client, and no SQL text, parameter
+    value or driver name is kept.
     """
     if isinstance(exc, LakeError):
         return exc
@@ -61,9 +61,19 @@ def translate_pg_error(exc: BaseException) -> LakeError:
 
 
 def _detail(exc: BaseException) -> str:
+    # PostgreSQL's own condition name (unique_violation), not the driver's class.
     state = getattr(exc, "sqlstate", None)
-    kind = type(exc).__name__
-    return f"sqlstate {state} ({kind})" if state else kind
+    if state:
+        return f"sqlstate {state} ({_condition(type(exc).__name__)})"
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+        return "timeout"
+    return "connection error" if isinstance(exc, OSError) else "client error"
+
+
+def _condition(class_name: str) -> str:
+    # asyncpg names its classes after PostgreSQL's conditions: UniqueViolationError.
+    words = re.findall(r"[A-Z][a-z0-9]*", class_name.removesuffix("Error"))
+    return "_".join(w.lower() for w in words) or "error"
 
 
 def _translated(exc: BaseException) -> LakeError:

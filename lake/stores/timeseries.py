@@ -65,6 +65,10 @@ def _tags_json(tags: Mapping[str, str]) -> str:
     return json.dumps(dict(tags), sort_keys=True, separators=(",", ":"))
 
 
+# One series' points to merge: metric, tags, (ts, value) records, first, last.
+_Batch = tuple[str, Mapping[str, str], list[tuple[datetime, float]], datetime, datetime]
+
+
 def _partition(day: date) -> str:
     return f"ts_data_p{day:%Y%m%d}"
 
@@ -239,7 +243,9 @@ class PgTimeSeriesStore:
             ValidationError: a point lies outside the window; its field is
                 ``writes[i].points[j].ts`` when there are several writes.
         """
-        batches = []
+        # One batch per series, in order: a timestamp repeated in two messages of
+        # a stream is one row (the later value), counted once.
+        grouped: dict[tuple[str, str], _Batch] = {}
         days: set[date] = set()
         for i, (metric, tags, points) in enumerate(writes):
             stamps = [p.ts for p in points]
@@ -250,7 +256,19 @@ class PgTimeSeriesStore:
             span = (last.astimezone(UTC).date() - start_day).days
             days |= {start_day + timedelta(days=d) for d in range(span + 1)}
             records = list(zip(stamps, (p.value for p in points), strict=True))
-            batches.append((metric, tags, records, first, last))
+            key = (metric, _tags_json(tags))
+            if key in grouped:
+                _, _, earlier, first0, last0 = grouped[key]
+                grouped[key] = (
+                    metric,
+                    tags,
+                    earlier + records,
+                    min(first0, first),
+                    max(last0, last),
+                )
+            else:
+                grouped[key] = (metric, tags, records, first, last)
+        batches = list(grouped.values())
         await self._ensure_days(days)
         sids = [
             await self._series_id(tenant, metric, _tags_json(tags))

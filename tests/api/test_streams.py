@@ -141,3 +141,29 @@ async def test_stream_without_deadline_ends_at_the_server_maximum(lake_settings)
         )
         assert "outlived its deadline" in details
         assert await stored(series, "cpu") == 0
+
+
+async def test_a_timestamp_repeated_across_messages_is_one_row(api):
+    """The same series and timestamp in two messages: one row written, one duplicate,
+    the later value kept."""
+    at = us(NOW)
+
+    async def messages():
+        yield lake_pb2.WritePointsRequest(
+            metric="rep", timestamps_us=[at], values=[1.0]
+        )
+        yield lake_pb2.WritePointsRequest(
+            metric="rep", timestamps_us=[at], values=[2.0]
+        )
+
+    reply = await api.series.WriteStream(messages(), metadata=auth())
+    assert (reply.written, reply.duplicates) == (1, 1)
+    page = await api.series.Query(
+        lake_pb2.QueryPointsRequest(
+            metric="rep",
+            start=stamp(NOW - timedelta(minutes=1)),
+            end=stamp(NOW + timedelta(minutes=1)),
+        ),
+        metadata=auth(),
+    )
+    assert [list(s.values) for s in page.series] == [[2.0]]

@@ -187,20 +187,32 @@ async def test_a_cancelled_loader_does_not_fail_the_waiters(servers):
     endpoint = servers["redis"]
     client = aioredis.Redis.from_url(endpoint.url, password=endpoint.password)
     cache = RedisCache(client, timeout=0.5)
-    gate = asyncio.Event()
+    gate, loading = asyncio.Event(), asyncio.Event()
+    fast_loads = 0
 
     async def slow() -> list[int]:
+        loading.set()
         await gate.wait()
         return [9]
 
     async def fast() -> list[int]:
+        nonlocal fast_loads
+        fast_loads += 1
         return [7]
 
     key = f"lake:test:{time.monotonic_ns()}"
     leader = asyncio.create_task(cache.read_through(key, version, slow, bytes, list))
-    await asyncio.sleep(0.01)
+    await loading.wait()  # the leader holds the flight
     waiter = asyncio.create_task(cache.read_through(key, version, fast, bytes, list))
-    await asyncio.sleep(0.01)
+    # The waiter counts its miss and then, without yielding, waits on the
+    # leader's flight: once both misses are counted, it is waiting.
+    for _ in range(5000):
+        if cache.misses == 2:
+            break
+        await asyncio.sleep(0.001)
+    assert cache.misses == 2
+    assert fast_loads == 0  # it waited rather than loading itself
     leader.cancel()
     assert await waiter == [7]
+    assert fast_loads == 1  # the leader's cancellation made it load for itself
     await client.aclose()

@@ -216,3 +216,43 @@ def test_settings_tokens_accept_both_forms_and_refuse_bad_entries(monkeypatch):
         monkeypatch.setenv("LAKE_AUTH__TOKENS", bad)
         with pytest.raises(ConfigError, match=r"auth\.tokens"):
             load_settings("testing")
+
+
+class Aborted(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(code, details)
+        self.code = code
+
+
+class AbortingContext:
+    """The three ServicerContext methods authorization uses."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    def invocation_metadata(self):
+        return (("authorization", f"Bearer {self._token}"),)
+
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:40000"
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:
+        raise Aborted(code, details)
+
+
+async def test_an_unknown_token_before_the_table_is_read_is_starting():
+    """While the token table has not been read (start-up), an unknown token is
+    UNAVAILABLE (retryable) and not counted as a failure; afterwards it is
+    UNAUTHENTICATED."""
+    keyring = Keyring({}, expect_table=True)
+    limiter = FailureLimiter(max_failures=1)
+    interceptor = AuthInterceptor(keyring, max_deadline=5.0, limiter=limiter)
+    context: Any = AbortingContext(token="not-yet-known")
+    with pytest.raises(Aborted) as info:
+        await interceptor._authorize(context, Scope.READ)
+    assert info.value.code == grpc.StatusCode.UNAVAILABLE
+    assert not limiter.blocked(context.peer())
+    keyring.pending = False  # the table has been read
+    with pytest.raises(Aborted) as info:
+        await interceptor._authorize(context, Scope.READ)
+    assert info.value.code == grpc.StatusCode.UNAUTHENTICATED

@@ -26,7 +26,7 @@ from lake.operations import (
     WritePoints,
 )
 from lake.stores.database import translate_pg_error
-from lake.validation import check_json, check_tags
+from lake.validation import check_json, check_name, check_tags, check_tenant
 from tests.strategies import lake_methods
 
 LIMITS = Limits()
@@ -144,14 +144,14 @@ def test_a_refused_statement_carries_its_sqlstate_to_the_log_only():
     exc = asyncpg.exceptions.DiskFullError("could not extend file: SELECT secret")
     error = translate_pg_error(exc)
     assert isinstance(error, StoreError)
-    assert error.detail == "sqlstate 53100 (DiskFullError)"
+    assert error.detail == "sqlstate 53100 (disk_full)"
     with capture_logs() as logs:
         code, message = status_of(error, "SpatialServicer.Upsert")
     assert code is grpc.StatusCode.INTERNAL
     assert "53100" not in message
     assert "DiskFull" not in message
     line = next(e for e in logs if e["event"] == "rpc_failed")
-    assert line["detail"] == "sqlstate 53100 (DiskFullError)"
+    assert line["detail"] == "sqlstate 53100 (disk_full)"
     assert line["error_id"] in message
     assert "SELECT" not in str(line)
 
@@ -178,4 +178,13 @@ def test_an_overflowing_number_is_invalid_argument():
     error = translate_pg_error(exc)
     assert isinstance(error, ValidationError)
     assert str(error) == "request: a number overflows what the database holds"
-    assert error.detail == "sqlstate 22003 (NumericValueOutOfRangeError)"
+    assert error.detail == "sqlstate 22003 (numeric_value_out_of_range)"
+
+
+@pytest.mark.parametrize("tenant", ["acme\n", "acme\r\n"])
+def test_a_tenant_or_name_with_a_trailing_newline_is_refused(tenant):
+    """'$' would accept one trailing newline; names are matched whole."""
+    with pytest.raises(ValidationError):
+        check_tenant(tenant)
+    with pytest.raises(ValidationError):
+        check_name(tenant, "metric")

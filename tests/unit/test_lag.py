@@ -54,15 +54,15 @@ async def test_a_stalled_loop_is_not_blamed_on_the_dependency():
 
 async def test_lag_component_degrades_above_its_threshold():
     """A stall longer than the threshold makes the probe report DEGRADED."""
-    lag = LoopLag(threshold_ms=50.0, period=0.01)
+    lag = LoopLag(threshold_ms=150.0, period=0.01)
     lag.start()
     try:
         await asyncio.sleep(0.05)
         assert await lag.probe() is None
-        stall(0.12)
+        stall(0.3)
         await asyncio.sleep(0.03)  # let the sampler record it
         reason = await lag.probe()
-        assert lag.worst_ms() >= 100.0
+        assert lag.worst_ms() >= 250.0
     finally:
         await lag.stop()
     assert reason is not None

@@ -64,3 +64,23 @@ def test_everything_else_is_internal_with_an_error_id_only(error):
     error_id = message.removeprefix("internal error (error id ").rstrip(")")
     assert str(error) not in message
     assert any(entry.get("error_id") == error_id for entry in logs)
+
+
+def test_a_crash_is_logged_without_its_traceback_text():
+    """An unexpected error's log line has its kind and where in Lake, never the
+    traceback or a library's message (which may quote SQL or values)."""
+
+    def deep() -> None:
+        msg = "SELECT secret FROM t WHERE x = 'value'"
+        raise KeyError(msg)
+
+    try:
+        deep()
+    except KeyError as exc:
+        with capture_logs() as logs:
+            status_of(exc, "Spatial.Nearest")
+    (line,) = [e for e in logs if e["event"] == "rpc_crashed"]
+    assert line["kind"] == "KeyError"
+    assert line["at"].startswith("tests.") or line["at"] == "unknown"
+    assert "exc_info" not in line
+    assert "secret" not in repr(line)
