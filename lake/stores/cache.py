@@ -60,6 +60,7 @@ class RoutePolicy:
     loads: int = 0
     bypassed: int = 0
     alpha: float = 0.05
+    probe_alpha: float = 0.3
     warmup: int = 64
     probe_every: int = 16
 
@@ -87,7 +88,11 @@ class RoutePolicy:
         """
         a = self.alpha if self.calls > 1 else 1.0
         self.lookup_us += a * (seconds * 1e6 - self.lookup_us)
-        self.hit += a * ((1.0 if hit else 0.0) - self.hit)
+        # While bypassed, each probe weighs more: a route whose first calls were
+        # cold misses (every key is new once) is cached again within a few probes
+        # once it repeats, not after hundreds of calls.
+        weight = a if self.pays() else max(a, self.probe_alpha)
+        self.hit += weight * ((1.0 if hit else 0.0) - self.hit)
 
     def loaded(self, seconds: float) -> None:
         """

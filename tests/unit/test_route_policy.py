@@ -44,3 +44,14 @@ def test_a_route_that_starts_repeating_is_cached_again():
     assert not policy.pays()
     drive(policy, 2000, hit=True, lookup=100e-6, load=300e-6)
     assert policy.pays()
+
+
+def test_cold_misses_then_repeats_come_back_within_a_few_probes():
+    """64 first-touch misses, then every read repeats: the route is cached again
+    within five probes (80 calls), not after hundreds."""
+    policy = RoutePolicy()
+    drive(policy, 64, hit=False, lookup=300e-6, load=900e-6)
+    drive(policy, 16, hit=False, lookup=300e-6, load=900e-6)
+    assert not policy.pays()
+    drive(policy, 80, hit=True, lookup=300e-6, load=900e-6)
+    assert policy.pays()
