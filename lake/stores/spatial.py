@@ -157,9 +157,8 @@ class PgSpatialStore:
         """
         Prove the features table and earthdistance answer.
         """
-        async with self._db.transaction() as conn:
-            await conn.fetchval("SELECT 1 FROM features LIMIT 1")
-            await conn.fetchval(
-                "SELECT earth_distance(ll_to_earth(0, 0), ll_to_earth(0, 1))"
-            )
+        await self._db.probe(
+            "SELECT 1 FROM features LIMIT 1",
+            "SELECT earth_distance(ll_to_earth(0, 0), ll_to_earth(0, 1))",
+        )
         return None

@@ -404,6 +404,5 @@ class PgTimeSeriesStore:
         """
         Prove the points table answers.
         """
-        async with self._db.transaction() as conn:
-            await conn.fetchval("SELECT 1 FROM ts_data LIMIT 1")
+        await self._db.probe("SELECT 1 FROM ts_data LIMIT 1")
         return None

@@ -258,6 +258,5 @@ class PgVectorStore:
         """
         self._ready = False
         await self._require()
-        async with self._db.transaction() as conn:
-            await conn.fetchval("SELECT 1 FROM vector_items LIMIT 1")
+        await self._db.probe("SELECT 1 FROM vector_items LIMIT 1")
         return None

@@ -71,6 +71,8 @@ class VersionReader:
         self._next: asyncio.Future[dict[Key, int]] | None = None
         self._runner: asyncio.Task[None] | None = None
         self._closed = False
+        # One query at a time on the connection: the batches and health probes.
+        self._conn_lock = asyncio.Lock()
         self.batches = 0
         self.reads = 0
 
@@ -123,13 +125,34 @@ class VersionReader:
                 future.set_result(found)
 
     async def _query(self, keys: list[Key]) -> dict[Key, int]:
-        if self._conn is None or self._conn.is_closed():
-            self._conn = await self._connect()
-        rows = await self._conn.fetch(
-            _BATCH, [t for t, _ in keys], [s for _, s in keys]
-        )
+        async with self._conn_lock:
+            conn = await self._connection()
+            rows = await conn.fetch(_BATCH, [t for t, _ in keys], [s for _, s in keys])
         self.batches += 1
         return {(r[0], r[1]): int(r[2]) for r in rows}
+
+    async def _connection(self) -> Any:
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await self._connect()
+        return self._conn
+
+    async def probe(self, query: str) -> object:
+        """
+        One health query on this connection, not the work pool: a pool busy with
+        200 callers must not make a healthy database look DOWN.
+
+        Raises:
+            TimeoutError, OSError, asyncpg errors: the probe failed (the reader is
+                marked down, and the caller may fall back to the pool).
+        """
+        try:
+            async with asyncio.timeout(self._timeout):
+                async with self._conn_lock:
+                    conn = await self._connection()
+                    return await conn.fetchval(query)
+        except Exception as exc:
+            self._fail(exc)
+            raise
 
     def _fail(self, exc: BaseException) -> None:
         reason = "timed out" if isinstance(exc, TimeoutError) else "connection failed"

@@ -93,3 +93,38 @@ async def test_a_failing_version_connection_falls_back_to_the_pool(container, ma
         await asyncio.sleep(0.01)
     await manager.coordinate(query())
     assert versions.stats()["batches"] == batches + 1
+
+
+async def test_health_measures_the_database_not_the_pool_queue(lake_settings):
+    """Every pooled connection held by callers: the checks still answer UP through
+    their own connection, and Lake stays ready (the pool's queue is not an
+    outage)."""
+    lake_settings["postgres"].update(min_size=2, max_size=2, acquire_timeout=5.0)
+    container, manager = await started(lake_settings)
+    database = await container.database()
+    release = asyncio.Event()
+    held = asyncio.Event()
+    holders = 0
+
+    async def hold() -> None:
+        nonlocal holders
+        async with database.connection():
+            holders += 1
+            if holders == 2:
+                held.set()
+            await release.wait()
+
+    tasks = [asyncio.create_task(hold()) for _ in range(2)]
+    try:
+        await held.wait()  # both pooled connections are taken
+        report = await manager.health()
+        statuses = {c.name: c.status.name for c in report.components}
+        assert statuses["postgres"] == "UP", report
+        assert statuses["timeseries"] == "UP", report
+        assert statuses["spatial"] == "UP", report
+        assert statuses["vectors"] == "UP", report
+        assert report.ready
+    finally:
+        release.set()
+        await asyncio.gather(*tasks)
+        await manager.stop()
