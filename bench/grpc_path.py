@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
 import statistics
@@ -195,6 +196,66 @@ async def run(args: argparse.Namespace, pg: Endpoint, redis: Endpoint) -> None:
         )
 
 
+async def compare_workers(
+    args: argparse.Namespace, pg: Endpoint, redis: Endpoint
+) -> None:
+    """
+    The same read mix against one Lake with 1 worker process and one with 2, on one
+    database, interleaved rounds: the throughput ratio of using both cores.
+    """
+    ports = {1: free_port(), 2: free_port()}
+    lakes = []
+    with contextlib.ExitStack() as stack:
+        for n, port in ports.items():
+            env = lake_env(pg, redis, port) | {"LAKE_GRPC__WORKERS": str(n)}
+            lakes.append(stack.enter_context(process(["-m", "lake", "serve"], env)))
+        for port in ports.values():
+            await wait_serving(f"127.0.0.1:{port}", "lake.ready")
+        # Several connections per Lake (SO_REUSEPORT spreads connections, not
+        # calls): eight channels, each with a connection of its own.
+        own = [("grpc.use_local_subchannel_pool", 1)]
+        channels = {
+            n: [
+                grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=own)
+                for _ in range(8)
+            ]
+            for n, port in ports.items()
+        }
+        try:
+            stubs: dict[int, list[Any]] = {
+                n: [lake_pb2_grpc.SpatialStub(ch) for ch in chs]
+                for n, chs in channels.items()
+            }
+            await load(stubs[1][0], args.features)
+            unique = iter(range(10**6, 10**9))
+
+            def mix(spread: list[Any]) -> Call:
+                async def call(i: int) -> object:
+                    # A read mix: three cacheable reads to one unique one.
+                    key = next(unique) if i % 4 == 0 else i % 64
+                    stub = spread[i % len(spread)]
+                    return await stub.Nearest(where(key), metadata=AUTH, timeout=10)
+
+                return call
+
+            calls = {n: mix(spread) for n, spread in stubs.items()}
+            for call in calls.values():
+                await rate(300, call, args.in_flight)
+            qps: dict[int, list[float]] = {1: [], 2: []}
+            for _ in range(args.rounds):
+                for n, call in calls.items():
+                    qps[n].append(await rate(args.calls, call, args.in_flight))
+        finally:
+            for chs in channels.values():
+                for ch in chs:
+                    await ch.close(None)
+    ratios = [b / a for a, b in zip(qps[1], qps[2], strict=True)]
+    print(f"\nread mix, {args.in_flight} in flight, {args.rounds} rounds")
+    print(f"  1 worker   {_spread(qps[1], 0)} calls/s")
+    print(f"  2 workers  {_spread(qps[2], 0)} calls/s")
+    print(f"  2 / 1      {_spread(ratios)}")
+
+
 def main() -> None:
     """
     Parse sizes, start the servers, run and print.
@@ -208,12 +269,18 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=3_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--in-flight", type=int, default=32)
+    parser.add_argument(
+        "--compare-workers",
+        action="store_true",
+        help="Compare 1 and 2 worker processes on a read mix instead.",
+    )
     args = parser.parse_args()
     with (
         tempfile.TemporaryDirectory(prefix="lake-bench-") as tmp,
         embedded_servers(Path(tmp)) as ends,
     ):
-        asyncio.run(run(args, ends["postgres"], ends["redis"]))
+        job = compare_workers if args.compare_workers else run
+        asyncio.run(job(args, ends["postgres"], ends["redis"]))
 
 
 if __name__ == "__main__":

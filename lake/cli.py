@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing
+import os
 import signal
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -136,13 +139,97 @@ def serve(ctx: click.Context) -> None:
     settings = _settings(ctx)
     _setup(settings)
     _require_free_port(settings["grpc"]["address"])
+    workers = settings["grpc"]["workers"] or os.cpu_count() or 1
     try:
         with _with_embedded(settings) as effective:
-            code = asyncio.run(_serve(effective))
+            if workers == 1:
+                code = asyncio.run(_serve(effective))
+            else:
+                code = _serve_workers(effective, workers)
     except LakeError as exc:
         raise click.ClickException(str(exc)) from None
     except asyncio.CancelledError:
         log.warning("stopped_at_once")
+        code = 130
+    sys.exit(code)
+
+
+def _serve_workers(settings: dict[str, Any], count: int) -> int:
+    """
+    Migrate once, then run ``count`` server processes on the one port until a stop
+    signal (forwarded to each; a second, later one kills them). A worker that dies
+    stops the others: the parent exits 1 and an orchestrator restarts the whole.
+    """
+    asyncio.run(_migrate(settings))
+    spawn = multiprocessing.get_context("spawn")  # no fork of a gRPC process
+    procs = [
+        spawn.Process(
+            target=_worker_main,
+            args=(_worker_settings(settings, i, count),),
+            name=f"lake-worker-{i}",
+        )
+        for i in range(count)
+    ]
+    for proc in procs:
+        proc.start()
+    log.info("workers_started", count=count, pids=[p.pid for p in procs])
+    signals: list[float] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        now = time.monotonic()
+        if signals and now - signals[-1] < _REPEAT_WINDOW_S:
+            return  # the same signal forwarded twice (uv run, a process group)
+        signals.append(now)
+        for proc in procs:
+            if proc.pid is not None and proc.is_alive():
+                os.kill(
+                    proc.pid, signal.SIGTERM if len(signals) == 1 else signal.SIGKILL
+                )
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    failed = False
+    while any(p.is_alive() for p in procs):
+        for proc in procs:
+            proc.join(0.2)
+        if not signals and any(p.exitcode is not None for p in procs):
+            failed = True  # a worker died on its own: stop the rest
+            log.error("worker_exited", codes=[p.exitcode for p in procs])
+            on_signal(signal.SIGTERM, None)
+    codes = [p.exitcode for p in procs]
+    log.info("workers_stopped", codes=codes)
+    if failed:
+        return 1
+    return 0 if all(c == 0 for c in codes) else 130
+
+
+def _worker_settings(
+    settings: dict[str, Any], index: int, count: int
+) -> dict[str, Any]:
+    """
+    One worker's settings: its place among the workers and its share of the pool.
+    """
+    pg = settings["postgres"]
+    max_size = max(2, pg["max_size"] // count)
+    return {
+        **settings,
+        "process": {"index": index, "count": count},
+        "postgres": {
+            **pg,
+            "max_size": max_size,
+            "min_size": min(pg["min_size"], max_size),
+        },
+    }
+
+
+def _worker_main(settings: dict[str, Any]) -> None:
+    """
+    A worker process: the whole Lake (its own pools), sharing the port.
+    """
+    _setup(settings)
+    try:
+        code = asyncio.run(_serve(settings))
+    except asyncio.CancelledError:
         code = 130
     sys.exit(code)
 

@@ -172,6 +172,7 @@ def _validators(profile: str) -> list[Validator]:
         # Past ~2.7 kB PostgreSQL refuses a series' btree row; keep well below.
         *_each("limits.max_tags_bytes", lte=2048),
         *_each("redis.max_connections", is_type_of=int, gte=1),
+        *_each("grpc.workers", is_type_of=int, gte=0),
         *_each(
             "redis.pool_wait",
             "grpc.stream_idle_timeout_s",

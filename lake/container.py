@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import operator
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any, TypeVar, cast
@@ -361,6 +362,8 @@ class Container(containers.DeclarativeContainer):
         max_streams_per_connection=config.grpc.max_streams_per_connection,
         stream_idle_timeout=config.grpc.stream_idle_timeout_s,
         token_refresh=config.auth.refresh_s,
+        # Worker processes of one `lake serve` share the port; one alone never does.
+        reuse_port=providers.Callable(operator.gt, config.process.count, 1),
     )
 
     # --- background workers and the whole ------------------------------------------
@@ -371,7 +374,11 @@ class Container(containers.DeclarativeContainer):
         RelayWorker, manager, interval=config.events.interval
     )
     workers = providers.Callable(
-        select_workers, upkeep, relay_worker, relay_enabled=events
+        select_workers,
+        upkeep,
+        relay_worker,
+        relay_enabled=events,
+        owner=providers.Callable(operator.eq, config.process.index, 0),
     )
     lake = providers.Singleton(
         Lake,
@@ -391,6 +398,8 @@ def create_container(settings: dict[str, Any]) -> Container:
     Build a container from validated settings (see ``lake.config.load_settings``).
     """
     container = Container()
+    # Which of `lake serve`'s worker processes this is (set by the parent).
+    settings = {"process": {"index": 0, "count": 1}, **settings}
     container.config.from_dict(settings, required=True)
     # Per instance: a class-level call is lost, and without it a plain-object
     # override would make init and shutdown synchronous.

@@ -157,9 +157,12 @@ class UpkeepWorker(LoopWorker):
 
 
 def select_workers(
-    upkeep: Worker, relay: Worker, *, relay_enabled: bool
+    upkeep: Worker, relay: Worker, *, relay_enabled: bool, owner: bool = True
 ) -> Sequence[Worker]:
     """
-    The workers to run: upkeep always, the relay only with a stream peer.
+    The workers to run: upkeep always, the relay only with a stream peer; none in
+    a server process that is not the first of its ``lake serve`` (``owner``).
     """
+    if not owner:
+        return []
     return [upkeep, relay] if relay_enabled else [upkeep]

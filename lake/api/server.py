@@ -126,6 +126,7 @@ class LakeServer:
         reflection_enabled: bool = True,
         max_connection_age: float = 300.0,
         max_streams_per_connection: int = 256,
+        reuse_port: bool = False,
         stream_idle_timeout: float = 10.0,
         token_refresh: float = 2.0,
     ) -> None:
@@ -150,7 +151,7 @@ class LakeServer:
                 ("grpc.max_connection_age_grace_ms", 10_000),
                 ("grpc.max_concurrent_streams", max_streams_per_connection),
                 # A port another process holds is an error, not a shared port.
-                ("grpc.so_reuseport", 0),
+                ("grpc.so_reuseport", int(reuse_port)),
             ],
             # A backstop only: Admission holds each class to its own budget, so
             # this never refuses a probe.
