@@ -183,10 +183,27 @@ def _streaming(inner: Callable[..., AsyncIterator[Any]], slot: Slot) -> Any:
         if release is None:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, _BUSY)
             return  # abort raises; never reached
+        once = _once(release)
+        # A call cancelled while grpcio sends (outside this generator) would run
+        # the finally only when the generator is collected: the call's end
+        # releases the slot at once.
+        context.add_done_callback(lambda _: once())
         try:
             async for item in inner(request, context):
                 yield item
         finally:
-            release()
+            once()
 
     return behaviour
+
+
+def _once(release: Callable[[], None]) -> Callable[[], None]:
+    done = False
+
+    def run() -> None:
+        nonlocal done
+        if not done:
+            done = True
+            release()
+
+    return run
