@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
@@ -31,6 +32,10 @@ __all__ = ["CachedReads", "RedisCache", "RoutePolicy"]
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
 _RETRY = object()  # the loading caller was cancelled: waiters load for themselves
+
+
+# Entries larger than this are not kept in process (4096 x 64 KiB bounds the LRU).
+_NEAR_MAX_ENTRY = 64 * 1024
 
 
 def _pool_busy(exc: BaseException) -> bool:
@@ -131,6 +136,7 @@ class RedisCache:
         ttl_s: int = 300,
         cooldown_s: float = 1.0,
         log_interval_s: float = 30.0,
+        near_entries: int = 4096,
     ) -> None:
         self._client = client
         self._timeout = timeout
@@ -146,6 +152,9 @@ class RedisCache:
         self.errors = 0
         self.busy = 0
         self.routes: dict[str, RoutePolicy] = {}
+        # Recently read or written entries, kept in this process (see _remember).
+        self._near: OrderedDict[str, bytes] = OrderedDict()
+        self._near_size = near_entries
 
     @property
     def available(self) -> bool:
@@ -226,14 +235,36 @@ class RedisCache:
             policy.loaded(time.perf_counter() - started)
             return value
         started = time.perf_counter()
-        # The version read runs beside the GET: one task, not gather's two.
-        current_version = asyncio.ensure_future(version())
-        try:
+        current: str | None = None
+        near = self._near.get(key)
+        if near is not None:
+            # An entry this process read or wrote lately: only the version is
+            # asked (read-your-writes as ever), not Redis.
+            current = await version()
+            tag = current.encode() + b"\n"
+            if near.startswith(tag):
+                try:
+                    value = decode(near[len(tag) :])
+                except (ValueError, KeyError, TypeError):
+                    self.errors += 1
+                else:
+                    self.hits += 1
+                    self._near.move_to_end(key)
+                    if policy is not None:
+                        policy.looked_up(time.perf_counter() - started, hit=True)
+                    return value
+            self._near.pop(key, None)  # an older version: never served again
+        if current is not None:  # known already: Redis may hold a newer entry
             cached = await self.get(key)
-        except BaseException:  # cancelled: the version read is not wanted either
-            current_version.cancel()
-            raise
-        current = await current_version
+        else:
+            # The version read runs beside the GET: one task, not gather's two.
+            current_version = asyncio.ensure_future(version())
+            try:
+                cached = await self.get(key)
+            except BaseException:  # cancelled: the version read is not wanted
+                current_version.cancel()
+                raise
+            current = await current_version
         looked = time.perf_counter() - started
         tag = current.encode() + b"\n"
         if cached is not None and cached.startswith(tag):
@@ -243,6 +274,7 @@ class RedisCache:
                 self.errors += 1  # unreadable entry: load it again
             else:
                 self.hits += 1
+                self._remember(key, cached)
                 if policy is not None:
                     policy.looked_up(looked, hit=True)
                 return value
@@ -270,7 +302,18 @@ class RedisCache:
         except (TypeError, ValueError):  # a value JSON cannot hold: not cached
             self.errors += 1
             return
+        self._remember(key, data)
         await self.set(key, data)
+
+    def _remember(self, key: str, data: bytes) -> None:
+        # A bounded LRU of encoded entries, each tagged with its version like the
+        # Redis copy; a hit on it still checks the version, so it is never stale.
+        if len(data) > _NEAR_MAX_ENTRY:
+            return
+        self._near[key] = data
+        self._near.move_to_end(key)
+        while len(self._near) > self._near_size:
+            self._near.popitem(last=False)
 
     async def _lead(self, flight: str, load: Callable[[], Awaitable[T]]) -> T:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()

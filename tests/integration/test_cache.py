@@ -216,3 +216,48 @@ async def test_a_cancelled_loader_does_not_fail_the_waiters(servers):
     assert await waiter == [7]
     assert fast_loads == 1  # the leader's cancellation made it load for itself
     await client.aclose()
+
+
+async def test_a_recent_entry_is_served_in_process_but_never_stale(servers):
+    """An entry this process wrote is served without a Redis GET while its version
+    holds; once the version moves on, it is not served again."""
+    endpoint = servers["redis"]
+    client = aioredis.Redis.from_url(endpoint.url, password=endpoint.password)
+    gets = 0
+    real_get = client.get
+
+    async def counted_get(key):
+        nonlocal gets
+        gets += 1
+        return await real_get(key)
+
+    client.get = counted_get  # type: ignore[method-assign]
+    cache = RedisCache(client, timeout=0.5)
+    current = "ns:1"
+    loads = 0
+
+    async def now() -> str:
+        return current
+
+    async def load() -> list[int]:
+        nonlocal loads
+        loads += 1
+        return [loads]
+
+    key = f"lake:test:{time.monotonic_ns()}"
+    assert await cache.read_through(key, now, load, _json, _unjson) == [1]
+    await cache.drain()
+    assert await cache.read_through(key, now, load, _json, _unjson) == [1]
+    assert (gets, loads) == (1, 1)  # the second read asked only for the version
+    current = "ns:2"  # a write moved the scope's version on
+    assert await cache.read_through(key, now, load, _json, _unjson) == [2]
+    assert loads == 2
+    await client.aclose()
+
+
+def _json(value: list[int]) -> bytes:
+    return repr(value).encode()
+
+
+def _unjson(data: bytes) -> list[int]:
+    return [int(x) for x in data.decode().strip("[]").split(",")]
