@@ -7,6 +7,7 @@ before the server and the manager stop. The container decides which ones run.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 from collections.abc import Sequence
@@ -65,7 +66,7 @@ class Maintains(Protocol):
         """
 
 
-class LoopWorker:
+class LoopWorker(abc.ABC):
     """
     Runs ``run()`` as one task named ``name``; ``stop()`` cancels and awaits it.
     """
@@ -92,11 +93,11 @@ class LoopWorker:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    @abc.abstractmethod
     async def run(self) -> None:
         """
         The loop itself.
         """
-        raise NotImplementedError
 
 
 class RelayWorker(LoopWorker):
