@@ -17,7 +17,7 @@ from typing import TypeVar
 import stamina
 from stamina.instrumentation import RetryDetails, get_on_retry_hooks
 
-from lake.errors import TransientError
+from lake.errors import ResourceExhaustedError, TransientError
 
 __all__ = ["RetryPolicy", "is_transient"]
 
@@ -27,7 +27,14 @@ T = TypeVar("T")
 def is_transient(exc: Exception) -> bool:
     """
     True for failures that may pass: Lake's transient errors, timeouts, network errors.
+
+    Not an exhausted resource (no pooled connection in time): retrying it at once
+    waits on the same exhausted pool again and adds load, so the caller is told
+    at once (RESOURCE_EXHAUSTED, which a client may retry later). With three
+    attempts such callers waited ~3x the acquire timeout before hearing it.
     """
+    if isinstance(exc, ResourceExhaustedError):
+        return False
     return isinstance(exc, TransientError | TimeoutError | OSError)
 
 

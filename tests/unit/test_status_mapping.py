@@ -84,3 +84,21 @@ def test_a_crash_is_logged_without_its_traceback_text():
     assert line["at"].startswith("tests.") or line["at"] == "unknown"
     assert "exc_info" not in line
     assert "secret" not in repr(line)
+
+
+async def test_an_exhausted_pool_is_not_retried_at_once():
+    """RESOURCE_EXHAUSTED is answered after one attempt: retrying would wait on the
+    same exhausted pool again (callers heard it after ~3x the acquire timeout)."""
+    from lake.resilience import RetryPolicy
+
+    calls = 0
+
+    async def busy() -> None:
+        nonlocal calls
+        calls += 1
+        msg = "no database connection free in time"
+        raise ResourceExhaustedError(msg)
+
+    with pytest.raises(ResourceExhaustedError):
+        await RetryPolicy(attempts=3, timeout=5.0).run(busy)
+    assert calls == 1
