@@ -22,8 +22,10 @@ __all__ = ["LoopWorker", "RelayWorker", "UpkeepWorker", "Worker", "select_worker
 
 log = structlog.get_logger(__name__)
 
-# Longest pause between relay rounds while the stream peer keeps failing.
-_MAX_RELAY_PAUSE_S = 30.0
+# Longest pause between relay rounds while the stream peer keeps failing: events
+# reach a peer that came back at most this long after (it was 30 s). A round
+# against a dead peer costs one query and one failed call.
+_MAX_RELAY_PAUSE_S = 5.0
 
 
 class Worker(Protocol):
@@ -103,7 +105,7 @@ class LoopWorker(abc.ABC):
 class RelayWorker(LoopWorker):
     """
     Delivers outbox events while there are some; polls every ``interval`` when
-    idle, backs off (doubling, up to 30 s) while the stream peer fails.
+    idle, backs off (doubling, up to 5 s) while the stream peer fails.
     """
 
     name = "relay"
