@@ -32,6 +32,33 @@ def pytest_configure(config: pytest.Config) -> None:
         config.add_cleanup(lambda: shutil.rmtree(base, ignore_errors=True))
 
 
+# Suites to leave out while iterating (`-m "not slow and not fault"`); CI runs all.
+_FAULT_DIRS = ("faults",)
+_SLOW_FILES = {
+    "test_fuzz.py",
+    "test_properties.py",
+    "test_workers.py",
+    "test_tls.py",
+    "test_tls_api.py",
+    "test_cli.py",
+    "test_cli_checks.py",
+    "test_cli_truth.py",
+    "test_token_cli.py",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """
+    Mark the fault suite and the slow suites by where they live.
+    """
+    for item in items:
+        path = Path(str(item.fspath))
+        if path.parent.name in _FAULT_DIRS:
+            item.add_marker(pytest.mark.fault)
+        elif path.name in _SLOW_FILES and path.parent.name in ("api", "integration"):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True)
 def _fast_retries() -> Iterator[None]:
     """
