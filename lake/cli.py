@@ -8,8 +8,10 @@ import asyncio
 import json
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -162,14 +164,25 @@ def _serve_workers(settings: dict[str, Any], count: int) -> int:
     """
     asyncio.run(_migrate(settings))
     spawn = multiprocessing.get_context("spawn")  # no fork of a gRPC process
+    board = tempfile.mkdtemp(prefix="lake-workers-")  # their figures, for status
     procs = [
         spawn.Process(
             target=_worker_main,
-            args=(_worker_settings(settings, i, count),),
+            args=(_worker_settings(settings, i, count, board),),
             name=f"lake-worker-{i}",
         )
         for i in range(count)
     ]
+    try:
+        return _supervise(procs, count)
+    finally:
+        shutil.rmtree(board, ignore_errors=True)
+
+
+def _supervise(procs: list[Any], count: int) -> int:
+    """
+    Run the worker processes until a signal, forwarding it; see _serve_workers.
+    """
     for proc in procs:
         proc.start()
     log.info("workers_started", count=count, pids=[p.pid for p in procs])
@@ -204,7 +217,7 @@ def _serve_workers(settings: dict[str, Any], count: int) -> int:
 
 
 def _worker_settings(
-    settings: dict[str, Any], index: int, count: int
+    settings: dict[str, Any], index: int, count: int, board: str
 ) -> dict[str, Any]:
     """
     One worker's settings: its place among the workers and its share of the pool.
@@ -213,7 +226,7 @@ def _worker_settings(
     max_size = max(2, pg["max_size"] // count)
     return {
         **settings,
-        "process": {"index": index, "count": count},
+        "process": {"index": index, "count": count, "status_dir": board},
         "postgres": {
             **pg,
             "max_size": max_size,

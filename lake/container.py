@@ -67,6 +67,7 @@ from lake.stores.versions import open_version_reader
 from lake.tls import grpc_server_credentials
 from lake.usage import Usage
 from lake.workers import RelayWorker, UpkeepWorker, select_workers
+from lake.workerstatus import StatusBoard, StatusPublisher
 
 __all__ = [
     "Container",
@@ -347,6 +348,13 @@ class Container(containers.DeclarativeContainer):
     # Admission first: a call refused for want of a slot costs nothing more.
     interceptors = providers.List(admission_guard, auth, decode_guard)
     server_credentials = providers.Singleton(grpc_server_credentials, config.grpc.tls)
+    # Worker processes share their figures here; GetStatus adds them up.
+    status_board = providers.Singleton(
+        StatusBoard,
+        directory=config.process.status_dir,
+        index=config.process.index,
+        count=config.process.count,
+    )
     server = providers.Singleton(
         LakeServer,
         manager,
@@ -364,6 +372,7 @@ class Container(containers.DeclarativeContainer):
         token_refresh=config.auth.refresh_s,
         # Worker processes of one `lake serve` share the port; one alone never does.
         reuse_port=providers.Callable(operator.gt, config.process.count, 1),
+        status_board=status_board,
     )
 
     # --- background workers and the whole ------------------------------------------
@@ -373,12 +382,17 @@ class Container(containers.DeclarativeContainer):
     relay_worker = providers.Singleton(
         RelayWorker, manager, interval=config.events.interval
     )
+    status_publisher = providers.Singleton(
+        StatusPublisher, status_board, server.provided.status_report
+    )
     workers = providers.Callable(
         select_workers,
         upkeep,
         relay_worker,
         relay_enabled=events,
         owner=providers.Callable(operator.eq, config.process.index, 0),
+        publisher=status_publisher,
+        publishing=providers.Callable(operator.gt, config.process.count, 1),
     )
     lake = providers.Singleton(
         Lake,
@@ -399,7 +413,7 @@ def create_container(settings: dict[str, Any]) -> Container:
     """
     container = Container()
     # Which of `lake serve`'s worker processes this is (set by the parent).
-    settings = {"process": {"index": 0, "count": 1}, **settings}
+    settings = {"process": {"index": 0, "count": 1, "status_dir": ""}, **settings}
     container.config.from_dict(settings, required=True)
     # Per instance: a class-level call is lost, and without it a plain-object
     # override would make init and shutdown synchronous.

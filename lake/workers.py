@@ -160,12 +160,22 @@ class UpkeepWorker(LoopWorker):
 
 
 def select_workers(
-    upkeep: Worker, relay: Worker, *, relay_enabled: bool, owner: bool = True
+    upkeep: Worker,
+    relay: Worker,
+    *,
+    relay_enabled: bool,
+    owner: bool = True,
+    publisher: Worker | None = None,
+    publishing: bool = False,
 ) -> Sequence[Worker]:
     """
-    The workers to run: upkeep always, the relay only with a stream peer; none in
-    a server process that is not the first of its ``lake serve`` (``owner``).
+    The workers to run: upkeep always, the relay only with a stream peer, both
+    only in the first server process of a ``lake serve`` (``owner``); with several
+    processes (``publishing``), each also publishes its figures.
     """
-    if not owner:
-        return []
-    return [upkeep, relay] if relay_enabled else [upkeep]
+    chosen: list[Worker] = []
+    if owner:
+        chosen += [upkeep, relay] if relay_enabled else [upkeep]
+    if publishing and publisher is not None:
+        chosen.append(publisher)
+    return chosen

@@ -32,6 +32,7 @@ from lake.tokens import TokenStore
 from lake.v1 import health_pb2 as lake_health_pb2
 from lake.v1 import health_pb2_grpc as lake_health_grpc
 from lake.v1 import lake_pb2, lake_pb2_grpc, tokens_pb2, tokens_pb2_grpc
+from lake.workerstatus import StatusBoard
 
 __all__ = ["LakeServer", "report_to_proto"]
 
@@ -72,9 +73,20 @@ def report_to_proto(
 
 
 class _LakeHealthServicer(lake_health_grpc.LakeHealthServicer):
-    def __init__(self, manager: ServiceManager, admission: Admission) -> None:
+    def __init__(
+        self, manager: ServiceManager, admission: Admission, board: StatusBoard
+    ) -> None:
         self._manager = manager
         self._admission = admission
+        self._board = board
+
+    async def report(self) -> dict[str, Any]:
+        """
+        This process's operator figures: the manager's and the admission budgets'.
+        """
+        report = (await self._manager.status()).as_dict()
+        report["admission"] = self._admission.stats()
+        return report
 
     async def GetHealth(
         self, request: lake_health_pb2.GetHealthRequest, context: Any
@@ -86,8 +98,8 @@ class _LakeHealthServicer(lake_health_grpc.LakeHealthServicer):
         self, request: lake_health_pb2.GetStatusRequest, context: Any
     ) -> lake_health_pb2.GetStatusResponse:
         status = struct_pb2.Struct()
-        report = (await self._manager.status()).as_dict()
-        report["admission"] = self._admission.stats()
+        # With several worker processes: their figures added up.
+        report = self._board.gather(await self.report())
         status.update(json.loads(json.dumps(report, default=str)))
         return lake_health_pb2.GetStatusResponse(status=status)
 
@@ -129,6 +141,7 @@ class LakeServer:
         reuse_port: bool = False,
         stream_idle_timeout: float = 10.0,
         token_refresh: float = 2.0,
+        status_board: StatusBoard | None = None,
     ) -> None:
         self._manager = manager
         self._address = address
@@ -163,9 +176,12 @@ class LakeServer:
         self._names: set[str] = set()
         self.port = 0
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
-        lake_health_grpc.add_LakeHealthServicer_to_server(
-            _LakeHealthServicer(manager, self.admission), self._server
+        self._status = _LakeHealthServicer(
+            manager,
+            self.admission,
+            status_board or StatusBoard(directory="", index=0, count=1),
         )
+        lake_health_grpc.add_LakeHealthServicer_to_server(self._status, self._server)
         lake_pb2_grpc.add_VectorsServicer_to_server(
             VectorsServicer(manager), self._server
         )
@@ -187,6 +203,12 @@ class LakeServer:
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             )
             enable_reflection(names, self._server)
+
+    async def status_report(self) -> dict[str, Any]:
+        """
+        This process's operator figures (what GetStatus answers for one process).
+        """
+        return await self._status.report()
 
     @property
     def address(self) -> str:

@@ -4,8 +4,10 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import grpc
@@ -13,7 +15,7 @@ import grpc
 from lake.api.auth import hash_token
 from lake.resources.embedded import free_port
 from lake.v1 import lake_pb2, lake_pb2_grpc
-from tests.integration.test_cli import LAKE, env_for, stop, wait_ready
+from tests.integration.test_cli import LAKE, env_for, run, stop, wait_ready
 
 TOKEN = "workers-token"
 
@@ -43,8 +45,8 @@ def alive(pid: int) -> bool:
 
 
 def test_two_workers_share_the_port_and_stop_together(servers, database):
-    """Two worker processes serve one port; every call is answered; SIGTERM stops
-    both and the parent exits 0 with none left."""
+    """Two worker processes serve one port; every call is answered; lake status
+    adds both up; SIGTERM stops both and the parent exits 0 with none left."""
     pg, rd = servers["postgres"], servers["redis"]
     address = f"127.0.0.1:{free_port()}"
     env = env_for(
@@ -55,7 +57,9 @@ def test_two_workers_share_the_port_and_stop_together(servers, database):
         LAKE_POSTGRES__PASSWORD=pg.password,
         LAKE_REDIS__URL=rd.url,
         LAKE_REDIS__PASSWORD=rd.password,
-        LAKE_AUTH__TOKENS=f'{{ "{hash_token(TOKEN)}" = "t1" }}',
+        LAKE_AUTH__TOKENS=(
+            f'{{ "{hash_token(TOKEN)}" = {{ tenant = "t1", scope = "admin" }} }}'
+        ),
     )
     proc = subprocess.Popen(
         [*LAKE, "serve"],
@@ -87,6 +91,17 @@ def test_two_workers_share_the_port_and_stop_together(servers, database):
                     timeout=10,
                 )
                 assert [m.feature.id for m in found.matches] == ["a"]
+        # lake status adds the workers up (each publishes every second).
+        for _ in range(100):
+            status = json.loads(
+                run("status", "--address", address, "--token", TOKEN, env=env).stdout
+            )
+            nearest = status["operations"].get("FeaturesNearest", {})
+            if nearest.get("calls") == 40:
+                break
+            time.sleep(0.2)
+        assert nearest.get("calls") == 40, status
+        assert status["workers"] == {"count": 2, "reporting": 2}
     finally:
         code, err = stop(proc, signal.SIGTERM)
     assert code == 0, err

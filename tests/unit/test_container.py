@@ -121,7 +121,7 @@ async def test_a_failed_start_closes_each_opened_resource_once(settings):
         assert (fakes[name].opened, fakes[name].closed) == (1, 1)
 
 
-def test_the_relay_worker_runs_only_with_a_stream_peer(settings):
+async def test_the_relay_worker_runs_only_with_a_stream_peer(settings):
     """The container decides once whether a stream peer is configured."""
     settings["mesh"]["peers"] = {}
     assert [w.name for w in create_container(settings).workers()] == ["upkeep"]
