@@ -2,10 +2,11 @@
 Lake over the wire: gRPC Spatial.Nearest against a bare grpc.aio echo, side by side.
 
 Run ``uv run python -m bench.grpc_path`` (``--help`` for sizes). It starts
-PostgreSQL and Redis from the embedded wheels, a Lake server (``python -m lake
-serve``, testing profile) and a bare echo server (``bench/echo.py``) as processes of
-their own, loads features through the API, then measures in interleaved rounds,
-with ``--in-flight`` calls outstanding:
+PostgreSQL and Redis from the embedded wheels (or uses LAKE_BENCH_POSTGRES_DSN /
+LAKE_BENCH_REDIS_URL), a Lake server (``python -m lake serve``, testing profile)
+and a bare echo server (``bench/echo.py``) as processes of their own, loads
+features through the API, then measures in interleaved rounds, with
+``--in-flight`` calls outstanding:
 
 - ``echo``: the echo server, a 64-byte request;
 - ``hit``: ``Spatial.Nearest`` over a small repeated set (cacheable);
@@ -23,10 +24,8 @@ import asyncio
 import contextlib
 import os
 import random
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -36,8 +35,9 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench.run import bench_servers, rate, spread
 from lake.api.auth import hash_token
-from lake.resources.embedded import Endpoint, embedded_servers, free_port
+from lake.resources.embedded import Endpoint, free_port
 from lake.v1 import lake_pb2, lake_pb2_grpc
 
 TOKEN = "bench-token"  # noqa: S105 -- a throwaway token for a local benchmark
@@ -105,18 +105,6 @@ async def wait_serving(target: str, service: str, seconds: float = 60.0) -> None
     raise RuntimeError(msg)
 
 
-async def rate(n: int, call: Call, in_flight: int) -> float:
-    next_i = iter(range(n))
-
-    async def worker() -> None:
-        for i in next_i:
-            await call(i)
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(in_flight)))
-    return n / (time.perf_counter() - started)
-
-
 async def load(spatial: Any, n: int) -> None:
     rng = random.Random(7)
     for i in range(0, n, 2000):
@@ -134,13 +122,6 @@ async def load(spatial: Any, n: int) -> None:
 def where(i: int) -> lake_pb2.NearestRequest:
     r = random.Random(i)
     return lake_pb2.NearestRequest(lon=r.uniform(-10, 30), lat=r.uniform(35, 60), k=10)
-
-
-def _spread(values: list[float], digits: int = 2) -> str:
-    return (
-        f"{statistics.median(values):.{digits}f}"
-        f" ({min(values):.{digits}f}-{max(values):.{digits}f})"
-    )
 
 
 async def run(args: argparse.Namespace, pg: Endpoint, redis: Endpoint) -> None:
@@ -191,8 +172,8 @@ async def run(args: argparse.Namespace, pg: Endpoint, redis: Endpoint) -> None:
     for name in paths:
         ratios = [a / b for a, b in zip(qps[name], qps["echo"], strict=True)]
         print(
-            f"  {name:<6} {_spread(qps[name], 0):<26} {_spread(cpu[name], 0):<20}"
-            f" {_spread(ratios)}"
+            f"  {name:<6} {spread(qps[name], 0):<26} {spread(cpu[name], 0):<20}"
+            f" {spread(ratios)}"
         )
 
 
@@ -251,9 +232,9 @@ async def compare_workers(
                     await ch.close(None)
     ratios = [b / a for a, b in zip(qps[1], qps[2], strict=True)]
     print(f"\nread mix, {args.in_flight} in flight, {args.rounds} rounds")
-    print(f"  1 worker   {_spread(qps[1], 0)} calls/s")
-    print(f"  2 workers  {_spread(qps[2], 0)} calls/s")
-    print(f"  2 / 1      {_spread(ratios)}")
+    print(f"  1 worker   {spread(qps[1], 0)} calls/s")
+    print(f"  2 workers  {spread(qps[2], 0)} calls/s")
+    print(f"  2 / 1      {spread(ratios)}")
 
 
 def main() -> None:
@@ -275,12 +256,9 @@ def main() -> None:
         help="Compare 1 and 2 worker processes on a read mix instead.",
     )
     args = parser.parse_args()
-    with (
-        tempfile.TemporaryDirectory(prefix="lake-bench-") as tmp,
-        embedded_servers(Path(tmp)) as ends,
-    ):
+    with bench_servers() as (pg, redis):
         job = compare_workers if args.compare_workers else run
-        asyncio.run(job(args, ends["postgres"], ends["redis"]))
+        asyncio.run(job(args, pg, redis))
 
 
 if __name__ == "__main__":

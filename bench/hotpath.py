@@ -21,18 +21,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
-import statistics
-import tempfile
 import timeit
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 
-from bench.run import rate
+from bench.run import bench_servers, rate, spread
 from lake import deadline
 from lake.codec import FEATURE_MATCHES, cache_key
 from lake.config import load_settings
@@ -42,7 +38,7 @@ from lake.manager import ServiceManager
 from lake.models import Feature, FeatureMatch, Limits
 from lake.operations import FeaturesNearest, UpsertFeatures
 from lake.resilience import RetryPolicy
-from lake.resources.embedded import Endpoint, embedded_servers
+from lake.resources.embedded import Endpoint
 from lake.stores.database import _setup_sql
 
 TENANT = "bench"
@@ -120,22 +116,15 @@ async def measure(
     return out
 
 
-def _spread(values: list[float], digits: int = 2) -> str:
-    return (
-        f"{statistics.median(values):.{digits}f}"
-        f" ({min(values):.{digits}f}-{max(values):.{digits}f})"
-    )
-
-
 def report(tasks: int, qps: dict[str, list[float]]) -> None:
     print(f"\nspatial nearest-10, {tasks} task(s): calls/s median (min-max)")
     for name, values in qps.items():
-        print(f"  {name:<7} {_spread(values, 0)}")
+        print(f"  {name:<7} {spread(values, 0)}")
     print("  ratios per round, median (min-max):")
     for name in ("store", "miss", "hit"):
         for base in ("raw", "raw_tx"):
             ratios = [a / b for a, b in zip(qps[name], qps[base], strict=True)]
-            print(f"    {name:<5} / {base:<6} {_spread(ratios)}")
+            print(f"    {name:<5} / {base:<6} {spread(ratios)}")
 
 
 def per_call_us(fn: Callable[[], object], n: int = 20_000) -> float:
@@ -237,14 +226,7 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=10)
     args = parser.parse_args()
     configure_logging("console", "WARNING")
-    pg_dsn = os.environ.get("LAKE_BENCH_POSTGRES_DSN", "")
-    redis_url = os.environ.get("LAKE_BENCH_REDIS_URL", "")
-    with (
-        tempfile.TemporaryDirectory(prefix="lake-bench-") as tmp,
-        embedded_servers(Path(tmp), postgres=not pg_dsn, redis=not redis_url) as ends,
-    ):
-        pg = ends.get("postgres") or Endpoint(pg_dsn, "")
-        redis = ends.get("redis") or Endpoint(redis_url, "")
+    with bench_servers() as (pg, redis):
         asyncio.run(run(args, pg, redis))
 
 

@@ -28,7 +28,7 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -70,6 +70,34 @@ async def rate(
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return n / (time.perf_counter() - started)
+
+
+def spread(values: list[float], digits: int = 2) -> str:
+    """
+    ``median (min-max)`` of per-round figures.
+    """
+    return (
+        f"{statistics.median(values):.{digits}f}"
+        f" ({min(values):.{digits}f}-{max(values):.{digits}f})"
+    )
+
+
+@contextlib.contextmanager
+def bench_servers() -> Iterator[tuple[Endpoint, Endpoint]]:
+    """
+    PostgreSQL and Redis for a benchmark: embedded ones in a temporary directory,
+    unless LAKE_BENCH_POSTGRES_DSN / LAKE_BENCH_REDIS_URL name servers to use.
+    """
+    pg_dsn = os.environ.get("LAKE_BENCH_POSTGRES_DSN", "")
+    redis_url = os.environ.get("LAKE_BENCH_REDIS_URL", "")
+    with (
+        tempfile.TemporaryDirectory(prefix="lake-bench-") as tmp,
+        embedded_servers(Path(tmp), postgres=not pg_dsn, redis=not redis_url) as ends,
+    ):
+        yield (
+            ends.get("postgres") or Endpoint(pg_dsn, ""),
+            ends.get("redis") or Endpoint(redis_url, ""),
+        )
 
 
 def _ratios(lake: list[float], base: list[float]) -> dict[str, float]:
@@ -375,14 +403,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     args = parser.parse_args()
     configure_logging("console", "WARNING")
-    pg_dsn = os.environ.get("LAKE_BENCH_POSTGRES_DSN", "")
-    redis_url = os.environ.get("LAKE_BENCH_REDIS_URL", "")
-    with (
-        tempfile.TemporaryDirectory(prefix="lake-bench-") as tmp,
-        embedded_servers(Path(tmp), postgres=not pg_dsn, redis=not redis_url) as ends,
-    ):
-        pg = ends.get("postgres") or Endpoint(pg_dsn, "")
-        redis = ends.get("redis") or Endpoint(redis_url, "")
+    with bench_servers() as (pg, redis):
         results = asyncio.run(run(args, pg, redis))
     results["machine"] = {
         "cpus": os.cpu_count(),
