@@ -17,6 +17,7 @@ from lake.v1 import health_pb2_grpc as lake_health_grpc
 from lake.v1 import lake_pb2, lake_pb2_grpc
 from tests.api.conftest import auth, running_lake
 from tests.api.test_api import NOW, expect, us
+from tests.waiting import eventually
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
@@ -34,16 +35,6 @@ async def open_watch(channel: grpc.aio.Channel, service: str = ""):
         return call, True
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
     return call, False
-
-
-async def eventually(predicate) -> None:
-    """Wait (bounded) until ``predicate()`` holds."""
-    for _ in range(1000):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    msg = "condition never held"
-    raise AssertionError(msg)
 
 
 async def test_token_less_watch_streams_cannot_starve_probes_or_calls(lake_settings):

@@ -7,9 +7,7 @@ v1alpha.
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -30,6 +28,7 @@ from lake.v1 import (
 )
 from lake.v1 import tokens_pb2 as tk
 from tests.api.conftest import auth, running_lake
+from tests.waiting import eventually
 
 NEAREST = lake_pb2.NearestRequest(lon=0, lat=0)
 UPSERT = lake_pb2.UpsertFeaturesRequest(
@@ -44,15 +43,6 @@ async def code_of(call: Awaitable[Any]) -> grpc.StatusCode:
     except grpc.aio.AioRpcError as exc:
         return exc.code()
     return grpc.StatusCode.OK
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], within: float = 5.0) -> None:
-    """Poll ``check`` until it holds; fail after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not await check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {within} s")
-        await asyncio.sleep(0.05)
 
 
 class Lake:
@@ -110,7 +100,7 @@ async def test_created_token_works_on_every_instance_and_revocation_reaches_all(
     async def works_on_b() -> bool:
         return bool(await b.nearest(made.token) == grpc.StatusCode.OK)
 
-    await eventually(works_on_b)
+    await eventually(works_on_b, within=5.0, every=0.05)
     assert await code_of(b.spatial.Upsert(UPSERT, metadata=auth(made.token))) == (
         grpc.StatusCode.OK
     )
@@ -123,7 +113,7 @@ async def test_created_token_works_on_every_instance_and_revocation_reaches_all(
         return bool(await b.nearest(made.token) == refused)
 
     with structlog.testing.capture_logs() as logs:
-        await eventually(refused_on_b)
+        await eventually(refused_on_b, within=5.0, every=0.05)
     reasons = {e["reason"] for e in logs if e["event"] == "auth_failed"}
     assert reasons == {"revoked"}
 

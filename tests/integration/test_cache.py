@@ -26,6 +26,7 @@ from lake.operations import (
 from lake.resources.embedded import EmbeddedRedis, free_port
 from lake.stores.cache import RedisCache
 from tests.servers import live_settings
+from tests.waiting import eventually
 
 T0 = datetime.now(UTC) - timedelta(hours=3)
 
@@ -206,11 +207,7 @@ async def test_a_cancelled_loader_does_not_fail_the_waiters(servers):
     waiter = asyncio.create_task(cache.read_through(key, version, fast, bytes, list))
     # The waiter counts its miss and then, without yielding, waits on the
     # leader's flight: once both misses are counted, it is waiting.
-    for _ in range(5000):
-        if cache.misses == 2:
-            break
-        await asyncio.sleep(0.001)
-    assert cache.misses == 2
+    await eventually(lambda: cache.misses == 2, within=5.0, every=0.001)
     assert fast_loads == 0  # it waited rather than loading itself
     leader.cancel()
     assert await waiter == [7]

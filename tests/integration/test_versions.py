@@ -12,6 +12,7 @@ import structlog
 
 from lake.container import aresolve, create_container
 from lake.operations import Point, QueryPoints, WritePoints
+from tests.waiting import eventually
 
 T0 = datetime.now(UTC) - timedelta(hours=2)
 
@@ -87,10 +88,7 @@ async def test_a_failing_version_connection_falls_back_to_the_pool(container, ma
     assert versions.stats()["batches"] == batches  # the pool answered
     assert any(e["event"] == "cache_versions_failed" for e in logs)
     versions._connect = connect
-    for _ in range(500):  # usable again after retry_after
-        if versions.usable:
-            break
-        await asyncio.sleep(0.01)
+    await eventually(lambda: versions.usable, within=5.0)  # after retry_after
     await manager.coordinate(query())
     assert versions.stats()["batches"] == batches + 1
 

@@ -14,6 +14,7 @@ from lake.manager import ServiceManager, State
 from lake.models import Limits
 from lake.resilience import RetryPolicy
 from tests.fakes import FakeResourceSet
+from tests.waiting import eventually
 
 
 class RecordingWorker:
@@ -106,10 +107,7 @@ async def test_run_serves_until_stop_is_set_then_stops_once():
     lake = make_lake(resources, log)
     stop = asyncio.Event()
     running = asyncio.create_task(lake.run(stop))
-    for _ in range(1000):
-        if "start relay" in log:
-            break
-        await asyncio.sleep(0.01)
+    await eventually(lambda: "start relay" in log)
     stop.set()
     assert await running == 0
     assert log[-3:] == ["stop relay", "stop upkeep", "close resources"]
