@@ -192,6 +192,40 @@ def _validators(profile: str) -> list[Validator]:
         *_each("mesh.tls.server_name", "client.tls.server_name", is_type_of=str),
         *_each("grpc.tls.behind_proxy", is_type_of=bool),
         *_each("auth.max_failures", is_type_of=int, gte=1),
+        *_each(
+            "protection.breaker.window_s",
+            "protection.breaker.min_calls",
+            "protection.breaker.half_open_calls",
+            "protection.retry_budget.ttl_s",
+            "protection.timeouts.samples",
+            "protection.fair_share.max_queue_per_tenant",
+            is_type_of=int,
+            gte=1,
+        ),
+        *_each(
+            "protection.breaker.failure_rate",
+            "protection.breaker.slow_call_rate",
+            "protection.fair_share.share",
+            is_type_of=(int, float),
+            gt=0,
+            lte=1,
+        ),
+        *_each(
+            "protection.breaker.slow_call_s",
+            "protection.breaker.open_wait_s",
+            "protection.breaker.max_half_open_s",
+            "protection.timeouts.multiplier",
+            "protection.timeouts.floor_s",
+            is_type_of=(int, float),
+            **positive,
+        ),
+        *_each(
+            "protection.retry_budget.ratio",
+            "protection.retry_budget.min_per_s",
+            is_type_of=(int, float),
+            gte=0,
+        ),
+        *_each("protection.timeouts.enabled", is_type_of=bool),
     ]
     if profile == "production":
         # Production never embeds and never guesses where its data lives. (A

@@ -53,6 +53,14 @@ from lake.mesh.client import open_mesh
 from lake.mesh.relay import OutboxRelay
 from lake.models import Limits
 from lake.ports import Components
+from lake.protection import (
+    BreakerSettings,
+    BudgetSettings,
+    FairGate,
+    GateSettings,
+    Protection,
+    TimeoutSettings,
+)
 from lake.resilience import RetryPolicy
 from lake.resources.postgres import open_pg_pool, pg_connector
 from lake.resources.redis import open_redis
@@ -183,11 +191,55 @@ class Container(containers.DeclarativeContainer):
         ssl_cert_file=config.redis.ssl_cert_file,
         ssl_key_file=config.redis.ssl_key_file,
     )
+
+    # Per dependency: a circuit breaker, a retry budget, adaptive timeouts.
+    protection = providers.Singleton(
+        Protection,
+        breaker=providers.Factory(
+            BreakerSettings,
+            window_s=config.protection.breaker.window_s,
+            min_calls=config.protection.breaker.min_calls,
+            failure_rate=config.protection.breaker.failure_rate,
+            slow_call_rate=config.protection.breaker.slow_call_rate,
+            slow_call_s=config.protection.breaker.slow_call_s,
+            open_wait_s=config.protection.breaker.open_wait_s,
+            half_open_calls=config.protection.breaker.half_open_calls,
+            max_half_open_s=config.protection.breaker.max_half_open_s,
+        ),
+        redis_breaker=providers.Factory(
+            BreakerSettings,
+            min_calls=5,
+            half_open_calls=1,
+            open_wait_s=config.cache.cooldown_s,
+        ),
+        budget=providers.Factory(
+            BudgetSettings,
+            ratio=config.protection.retry_budget.ratio,
+            min_per_s=config.protection.retry_budget.min_per_s,
+            ttl_s=config.protection.retry_budget.ttl_s,
+        ),
+        timeouts=providers.Factory(
+            TimeoutSettings,
+            ceiling_s=config.operations.timeout,
+            multiplier=config.protection.timeouts.multiplier,
+            floor_s=config.protection.timeouts.floor_s,
+            samples=config.protection.timeouts.samples,
+        ),
+        peer_timeouts=providers.Factory(
+            TimeoutSettings,
+            ceiling_s=config.mesh.call_timeout,
+            multiplier=config.protection.timeouts.multiplier,
+            floor_s=config.protection.timeouts.floor_s,
+            samples=config.protection.timeouts.samples,
+        ),
+        adaptive=config.protection.timeouts.enabled,
+    )
     mesh_client = providers.Resource(
         open_mesh,
         peers=config.mesh.peers,
         call_timeout=config.mesh.call_timeout,
         tls=config.mesh.tls,
+        protection=protection,
     )
 
     # Cache versions, read in batches on a connection of their own.
@@ -201,18 +253,31 @@ class Container(containers.DeclarativeContainer):
             statement_timeout_ms=config.postgres.statement_timeout_ms,
         ),
     )
+    # The pool's fair shares between tenants (a bulkhead of the pool's size).
+    pg_gate = providers.Singleton(
+        FairGate,
+        providers.Factory(
+            GateSettings,
+            capacity=config.postgres.max_size,
+            share=config.protection.fair_share.share,
+            max_queue_per_tenant=config.protection.fair_share.max_queue_per_tenant,
+            wait_s=config.postgres.acquire_timeout,
+        ),
+    )
     database = providers.Singleton(
         Database,
         pg_pool,
         acquire_timeout=config.postgres.acquire_timeout,
         versions=versions,
+        guard=protection.provided.postgres,
+        gate=pg_gate,
     )
     cache = providers.Singleton(
         RedisCache,
         redis,
         timeout=config.cache.timeout,
         ttl_s=config.cache.ttl_s,
-        cooldown_s=config.cache.cooldown_s,
+        breaker=protection.provided.redis.breaker,
     )
     # Change events are recorded (outbox) only when a stream peer is configured.
     events = providers.Callable(_has_stream, config.mesh.peers)
@@ -318,6 +383,7 @@ class Container(containers.DeclarativeContainer):
         grace=config.grpc.grace,
         loop_lag=loop_lag,
         usage=usage,
+        protection=protection,
     )
 
     # --- the gRPC face -----------------------------------------------------------

@@ -13,9 +13,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
-__all__ = ["deadline_scope", "remaining"]
+__all__ = ["attempt_expired", "attempt_scope", "deadline_scope", "remaining"]
 
 _deadline: ContextVar[float | None] = ContextVar("lake_deadline", default=None)
+# When the current attempt's own (adaptive) timeout ends, if it set one.
+_attempt_ends: ContextVar[float | None] = ContextVar("lake_attempt_ends", default=None)
 
 
 @contextmanager
@@ -42,3 +44,27 @@ def remaining() -> float | None:
     if at is None:
         return None
     return max(0.0, at - time.monotonic())
+
+
+@contextmanager
+def attempt_scope(seconds: float) -> Iterator[None]:
+    """
+    Within this block, one attempt's own timeout of ``seconds`` applies too: the
+    deadline is shortened to it, and ``attempt_expired()`` tells a dependency
+    whose call was cut that it was too slow (not that the caller gave up).
+    """
+    ends = time.monotonic() + seconds
+    token = _attempt_ends.set(ends)
+    try:
+        with deadline_scope(seconds):
+            yield
+    finally:
+        _attempt_ends.reset(token)
+
+
+def attempt_expired() -> bool:
+    """
+    True when the current attempt's own timeout has run out.
+    """
+    ends = _attempt_ends.get()
+    return ends is not None and time.monotonic() >= ends - 0.001

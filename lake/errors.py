@@ -16,6 +16,7 @@ One error tree for every deliberate failure in Lake.
     ├─ MeshError(LakeError)                     a peer answered with an error
     └─ TransientError(LakeError)                retry-safe; paired with a domain base
        ├─ ResourceExhaustedError(TransientError)   out of connections or quota
+       ├─ CircuitOpenError(TransientError)         a dependency's breaker is open
        ├─ StoreUnavailableError(TransientError, StoreError)
        └─ MeshUnavailableError(TransientError, MeshError)
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 from typing import Self
 
 __all__ = [
+    "CircuitOpenError",
     "ConfigError",
     "ConflictError",
     "DeadlineExceededError",
@@ -135,14 +137,28 @@ class UnsupportedError(StoreError):
 
 class MeshError(LakeError):
     """
-    A peer service answered with an error.
+    A peer service answered with an error; ``peer`` names it when known.
     """
+
+    peer: str = ""
 
 
 class TransientError(LakeError):
     """
     A failure that may pass: retrying the same operation is safe.
+
+    ``retry_after_s``, when set, is how long the caller should wait before trying
+    again; the API sends it as ``grpc-retry-pushback-ms``.
     """
+
+    retry_after_s: float | None = None
+
+    def after(self, seconds: float) -> Self:
+        """
+        This error, telling the caller to come back in ``seconds``.
+        """
+        self.retry_after_s = max(0.0, seconds)
+        return self
 
 
 class ResourceExhaustedError(TransientError):
@@ -161,3 +177,17 @@ class MeshUnavailableError(TransientError, MeshError):
     """
     A peer cannot be reached.
     """
+
+
+class CircuitOpenError(TransientError):
+    """
+    A dependency's circuit breaker is open: the call was refused without trying it.
+
+    Not retried inside Lake (the breaker just said the dependency is sick); the
+    caller is told when to come back (``retry_after_s``).
+    """
+
+    def __init__(self, dependency: str, retry_after_s: float) -> None:
+        self.dependency = dependency
+        super().__init__(f"{dependency} is unavailable (circuit open)")
+        self.after(retry_after_s)

@@ -28,6 +28,7 @@ from lake.errors import (
     LifecycleError,
     NotFoundError,
     ResourceExhaustedError,
+    StoreUnavailableError,
     TransientError,
     UnsupportedError,
     ValidationError,
@@ -73,7 +74,8 @@ from lake.operations import (
     WritePointsMany,
 )
 from lake.ports import Components, ResourceSet
-from lake.resilience import RetryPolicy
+from lake.protection import Protection
+from lake.resilience import RetryPolicy, is_transient
 from lake.routes import ROUTES, Route
 from lake.usage import OperationStats, Usage
 
@@ -109,6 +111,7 @@ class ServiceManager:
         loop_lag: samples the event loop's lag while running; health shows it and
             does not blame a dependency for a check the loop was too busy to hear.
         usage: counts calls, failures and latency per operation kind.
+        protection: breakers, retry budgets and adaptive timeouts per dependency.
     """
 
     def __init__(
@@ -124,6 +127,7 @@ class ServiceManager:
         operation_timeout: float = 30.0,
         loop_lag: LoopLag | None = None,
         usage: Usage | None = None,
+        protection: Protection | None = None,
     ) -> None:
         self._resources = resources
         self._limits = limits
@@ -140,6 +144,11 @@ class ServiceManager:
         self._health_run: asyncio.Future[HealthReport] | None = None
         self._usage = usage or Usage()
         self._routes = ROUTES
+        self._protection = protection or Protection()
+        # Reads get adaptive attempt timeouts; a write cut by a guessed timeout
+        # would be retried at full cost, so writes have the caller's deadline.
+        self._adaptive = {t for t, r in ROUTES.items() if r.scope is not None}
+        self._adaptive.add(SearchText)
 
     @property
     def limits(self) -> Limits:
@@ -361,13 +370,53 @@ class ServiceManager:
         left = deadline.remaining()
         budget = self._operation_timeout if left is None else left
         policy = self._operations.within(budget)
+        attempt = partial(self._dispatch, route, op)
+        if self._protection.adaptive and type(op) in self._adaptive:
+            attempt = partial(self._timed, route, op, type(op).__name__)
         try:
             with deadline.deadline_scope(budget):
                 async with asyncio.timeout(budget):
-                    return await policy.run(partial(self._dispatch, route, op))
+                    on = partial(self._retryable, type(op).__name__)
+                    return await policy.run(attempt, on=on)
         except TimeoutError:
             msg = "deadline exceeded"
             raise DeadlineExceededError(msg) from None
+
+    def _retryable(self, kind: str, exc: Exception) -> bool:
+        # Transient, and the failed dependency's retry budget holds one more, and
+        # the caller's time holds another attempt (the operation's p99, or 10 ms).
+        if not is_transient(exc):
+            return False
+        left = deadline.remaining()
+        if left is not None:
+            expected = self._protection.postgres.timeouts(kind).p99 or 0.01
+            if left < expected:
+                return False
+        return self._protection.may_retry(exc)
+
+    async def _timed(self, route: Route, op: Any, kind: str) -> object:
+        # A read attempt bounded by its adaptive timeout (clamp(k x p99)), within
+        # the caller's deadline; cut by it, it failed for the dependency and may be
+        # retried. PostgreSQL's statement timeout follows (it is what remains).
+        tracker = self._protection.postgres.timeouts(kind)
+        left = deadline.remaining()
+        limit = tracker.timeout(left)
+        if left is not None and limit >= left:
+            return await self._dispatch(route, op)  # the caller's deadline governs
+        started = time.perf_counter()
+        try:
+            with deadline.attempt_scope(limit):
+                async with asyncio.timeout(limit) as scope:
+                    result = await self._dispatch(route, op)
+        except TimeoutError:
+            if not scope.expired():
+                raise
+            tracker.timed_out(limit)
+            msg = "database did not answer in time"
+            detail = f"attempt timeout {limit * 1000:.0f} ms"
+            raise StoreUnavailableError(msg).with_detail(detail) from None
+        tracker.record(time.perf_counter() - started)
+        return result
 
     async def _dispatch(self, route: Route, op: Any) -> object:
         c = self._running()
@@ -423,6 +472,7 @@ class ServiceManager:
             pool=c.database.metrics(),
             cache=c.cache.stats(),
             events_pending=pending,
+            protection=self._protection.snapshot(),
         )
 
 

@@ -244,8 +244,8 @@ class RelayReport:
 class ServiceStatus:
     """
     Operator figures: the state and usage per operation; once running, the pool,
-    the cache and the events waiting for delivery (a reason when unknown). Holds
-    no tenant data.
+    the cache, the events waiting for delivery (a reason when unknown) and each
+    dependency's breaker, retry budget and timeouts. Holds no tenant data.
     """
 
     state: str
@@ -253,6 +253,7 @@ class ServiceStatus:
     pool: Mapping[str, int] | None = None
     cache: Mapping[str, Any] | None = None
     events_pending: int | str | None = None
+    protection: Mapping[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """
@@ -264,5 +265,6 @@ class ServiceStatus:
             "pool": self.pool,
             "cache": self.cache,
             "events_pending": self.events_pending,
+            "protection": self.protection,
         }
         return {k: v for k, v in figures.items() if v is not None}

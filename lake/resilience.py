@@ -17,7 +17,8 @@ from typing import TypeVar
 import stamina
 from stamina.instrumentation import RetryDetails, get_on_retry_hooks
 
-from lake.errors import ResourceExhaustedError, TransientError
+from lake.errors import CircuitOpenError, ResourceExhaustedError, TransientError
+from lake.protection.policy import retrying
 
 __all__ = ["RetryPolicy", "is_transient"]
 
@@ -32,8 +33,9 @@ def is_transient(exc: Exception) -> bool:
     waits on the same exhausted pool again and adds load, so the caller is told
     at once (RESOURCE_EXHAUSTED, which a client may retry later). With three
     attempts such callers waited ~3x the acquire timeout before hearing it.
+    Nor an open circuit breaker: it has just said the dependency is sick.
     """
-    if isinstance(exc, ResourceExhaustedError):
+    if isinstance(exc, ResourceExhaustedError | CircuitOpenError):
         return False
     return isinstance(exc, TransientError | TimeoutError | OSError)
 
@@ -97,6 +99,12 @@ class RetryPolicy:
             hook(details)
         if wait:
             await asyncio.sleep(wait)
+        with retrying():  # later attempts deposit nothing into retry budgets
+            return await self._retry(fn, on)
+
+    async def _retry(
+        self, fn: Callable[[], Awaitable[T]], on: Callable[[Exception], bool]
+    ) -> T:
         async for attempt in stamina.retry_context(
             on=on,
             attempts=self.attempts - 1,

@@ -27,7 +27,7 @@ log = structlog.get_logger(__name__)
 
 # Figures of the whole service, not of one process: never summed.
 _SHARED = {"state", "events_pending"}
-_MEANS = ("_ms", "_us", "ratio")
+_MEANS = ("_ms", "_us", "ratio", "_rate")
 
 
 class StatusBoard:

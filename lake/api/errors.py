@@ -25,7 +25,7 @@ from lake.errors import (
     ValidationError,
 )
 
-__all__ = ["status_of"]
+__all__ = ["pushback", "status_of"]
 
 log = structlog.get_logger(__name__)
 
@@ -97,3 +97,16 @@ def status_of(exc: BaseException, method: str = "") -> tuple[grpc.StatusCode, st
             at=_where(exc),
         )
     return grpc.StatusCode.INTERNAL, f"internal error (error id {error_id})"
+
+
+def pushback(exc: BaseException) -> tuple[tuple[str, str], ...]:
+    """
+    Trailing metadata telling the client when to try again, for an error that says
+    (an open breaker, a shed call): ``grpc-retry-pushback-ms`` (gRFC A6), which
+    grpc clients with a retry policy obey, and ``retry-after-ms`` for others.
+    """
+    after = getattr(exc, "retry_after_s", None)
+    if after is None:
+        return ()
+    ms = str(max(1, round(after * 1000)))
+    return (("grpc-retry-pushback-ms", ms), ("retry-after-ms", ms))

@@ -17,7 +17,7 @@ import grpc
 from lake import deadline
 from lake.api import convert
 from lake.api.auth import current_tenant
-from lake.api.errors import status_of
+from lake.api.errors import pushback, status_of
 from lake.api.fields import request_field
 from lake.errors import DeadlineExceededError, ValidationError
 from lake.manager import ServiceManager
@@ -61,7 +61,7 @@ def _serve(handler: Handler[R]) -> Callable[[Any, Any, Context], Awaitable[R]]:
                 request_field(method, exc) if isinstance(exc, ValidationError) else exc
             )
             code, message = status_of(failure, method)
-            await context.abort(code, message)
+            await context.abort(code, message, trailing_metadata=pushback(failure))
             raise  # unreachable: abort raises
 
     return rpc

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Mapping, Sequence
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import structlog
@@ -39,11 +40,19 @@ from lake.errors import (
 )
 from lake.mesh.v1 import peers_pb2, peers_pb2_grpc
 from lake.models import Event
+from lake.protection import (
+    BreakerState,
+    Outcome,
+    Protection,
+    TimeoutSettings,
+    first_attempt,
+)
 from lake.tls import channel_credentials, channel_options, client_tls_of
 
 __all__ = ["MeshClient", "open_mesh", "target_of"]
 
 log = structlog.get_logger(__name__)
+R = TypeVar("R")
 
 _SERVICE_CONFIG = json.dumps(
     {"loadBalancingConfig": [{"round_robin": {}}]}, separators=(",", ":")
@@ -68,12 +77,15 @@ def target_of(spec: str | Sequence[str]) -> str:
     return "ipv4:" + ",".join(hosts)
 
 
-def _failure(peer: str, exc: grpc.aio.AioRpcError) -> LakeError:
+def _failure(peer: str, exc: grpc.aio.AioRpcError, *, own_timeout: bool) -> LakeError:
     code = exc.code()
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED and not own_timeout:
         return DeadlineExceededError(f"peer {peer} did not answer in time")
-    if code in _TRANSIENT:
-        return MeshUnavailableError(f"peer {peer} unavailable ({code.name})")
+    if code in _TRANSIENT or code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        # Past the peer's own (adaptive) timeout, with time left: worth a retry.
+        unavailable = MeshUnavailableError(f"peer {peer} unavailable ({code.name})")
+        unavailable.peer = peer
+        return unavailable
     error = MeshError(f"peer {peer} failed ({code.name})")
     error.code = code  # type: ignore[attr-defined]
     return error
@@ -81,14 +93,22 @@ def _failure(peer: str, exc: grpc.aio.AioRpcError) -> LakeError:
 
 class MeshClient:
     """
-    A registry of channels to peer services.
+    A registry of channels to peer services, each call behind the peer's breaker,
+    retry budget and adaptive timeout (``lake.protection``).
     """
 
     def __init__(
-        self, channels: Mapping[str, grpc.aio.Channel], *, call_timeout: float
+        self,
+        channels: Mapping[str, grpc.aio.Channel],
+        *,
+        call_timeout: float,
+        protection: Protection | None = None,
     ):
         self._channels = dict(channels)
         self.call_timeout = call_timeout
+        self._protection = protection or Protection(
+            peer_timeouts=TimeoutSettings(ceiling_s=call_timeout)
+        )
 
     @property
     def peers(self) -> list[str]:
@@ -107,26 +127,32 @@ class MeshClient:
             msg = f"peer {peer} is not configured"
             raise UnsupportedError(msg) from None
 
-    def _timeout(self) -> float:
+    def _timeout(self, limit: float | None = None) -> tuple[float, bool]:
+        """
+        The call's timeout, and whether it is the peer's own (not the caller's).
+        """
+        own = self.call_timeout if limit is None else min(limit, self.call_timeout)
         left = deadline.remaining()
         if left is None:
-            return self.call_timeout
+            return own, True
         # Keep a margin for our own reply: grpc rounds the deadline it sends up,
         # and the peer must give up before our caller does.
         left -= _REPLY_MARGIN_S
         if left <= 0:
             msg = "deadline exceeded before calling a peer"
             raise DeadlineExceededError(msg)
-        return min(self.call_timeout, left)
+        return (own, True) if own < left else (left, False)
 
     async def ping(self, peer: str) -> str | None:
         """
         Ask ``peer``'s standard health service; raise when it is not serving.
+
+        Says so while the peer's breaker is not closed.
         """
         stub = health_pb2_grpc.HealthStub(self.channel(peer))
         try:
             reply = await stub.Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=self._timeout()
+                health_pb2.HealthCheckRequest(service=""), timeout=self._timeout()[0]
             )
         except grpc.aio.AioRpcError as exc:
             msg = f"peer {peer} unreachable ({exc.code().name})"
@@ -134,7 +160,41 @@ class MeshClient:
         if reply.status != health_pb2.HealthCheckResponse.SERVING:
             msg = f"peer {peer} is not serving"
             raise MeshUnavailableError(msg)
+        state = self._protection.peer(peer).breaker.state
+        if state is not BreakerState.CLOSED:
+            return f"circuit {state.value.replace('_', '-')}"
         return None
+
+    async def _call(
+        self, peer: str, method: str, call: Callable[[float], Awaitable[R]]
+    ) -> R:
+        guard = self._protection.peer(peer)
+        ticket = guard.breaker.allow()
+        if first_attempt():
+            guard.budget.deposit()
+        adaptive = guard.timeouts(method)
+        timeout, own = self._timeout(
+            adaptive.timeout(None) if self._protection.adaptive else None
+        )
+        started = time.perf_counter()
+        try:
+            reply = await call(timeout)
+        except grpc.aio.AioRpcError as exc:
+            failure = _failure(peer, exc, own_timeout=own)
+            outcome = Outcome.IGNORED  # the peer answered about the request
+            if isinstance(failure, MeshUnavailableError):
+                outcome = Outcome.FAILURE
+                if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    adaptive.timed_out(timeout)
+            guard.breaker.record(ticket, outcome, time.perf_counter() - started)
+            raise failure from None
+        except BaseException:
+            guard.breaker.record(ticket, Outcome.IGNORED, 0.0)
+            raise
+        took = time.perf_counter() - started
+        adaptive.record(took)
+        guard.breaker.record(ticket, Outcome.SUCCESS, took)
+        return reply
 
     async def embed(self, texts: Sequence[str]) -> list[list[float]]:
         """
@@ -142,12 +202,10 @@ class MeshClient:
         """
         peer = "cortex"
         stub = peers_pb2_grpc.CortexStub(self.channel(peer))
-        try:
-            reply = await stub.Embed(
-                peers_pb2.EmbedRequest(texts=list(texts)), timeout=self._timeout()
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise _failure(peer, exc) from None
+        request = peers_pb2.EmbedRequest(texts=list(texts))
+        reply = await self._call(
+            peer, "Embed", lambda timeout: stub.Embed(request, timeout=timeout)
+        )
         if len(reply.embeddings) != len(texts):
             msg = "peer cortex returned a wrong number of embeddings"
             raise MeshError(msg)
@@ -160,10 +218,9 @@ class MeshClient:
         peer = "stream"
         stub = peers_pb2_grpc.StreamStub(self.channel(peer))
         request = peers_pb2.PublishRequest(events=[_event(e) for e in events])
-        try:
-            reply = await stub.Publish(request, timeout=self._timeout())
-        except grpc.aio.AioRpcError as exc:
-            raise _failure(peer, exc) from None
+        reply = await self._call(
+            peer, "Publish", lambda timeout: stub.Publish(request, timeout=timeout)
+        )
         return int(reply.accepted)
 
 
@@ -202,6 +259,7 @@ async def open_mesh(
     call_timeout: float = 2.0,
     close_timeout: float = 2.0,
     tls: Mapping[str, str] | None = None,
+    protection: Protection | None = None,
 ) -> AsyncIterator[MeshClient]:
     """
     Open one lazy channel per peer and close them all on exit.
@@ -226,7 +284,7 @@ async def open_mesh(
     }
     try:
         log.info("mesh_opened", peers=sorted(channels))
-        yield MeshClient(channels, call_timeout=call_timeout)
+        yield MeshClient(channels, call_timeout=call_timeout, protection=protection)
     finally:
         async with asyncio.timeout(close_timeout):
             await asyncio.gather(*(c.close(None) for c in channels.values()))

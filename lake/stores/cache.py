@@ -5,9 +5,9 @@ Correctness does not rest on Redis: each entry carries the version (a per-databa
 namespace and the generation PostgreSQL changes in every write's own transaction,
 ``cache_generations``) it was loaded at, and a read only accepts an entry of the
 current version; once a write is acknowledged no reader can accept an older answer.
-Redis being down, slow or silent costs at most one ``timeout`` and then a
-``cooldown`` in which the cache is skipped outright; errors are counted and logged
-once per interval.
+Redis being down, slow or silent costs at most one ``timeout`` per call until its
+circuit breaker opens (``lake.protection``); while it is open the cache is skipped
+outright, costing nothing. Errors are counted and logged once per interval.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ import redis.asyncio as aioredis
 import structlog
 
 from lake.codec import Codec, cache_key
-from lake.errors import StoreUnavailableError
+from lake.errors import CircuitOpenError, StoreUnavailableError
 from lake.ports import Cache, Database
+from lake.protection import BreakerSettings, BreakerState, CircuitBreaker, Outcome
 
 __all__ = ["CachedReads", "RedisCache", "RoutePolicy"]
 
@@ -134,17 +135,18 @@ class RedisCache:
         *,
         timeout: float = 0.1,
         ttl_s: int = 300,
-        cooldown_s: float = 1.0,
+        breaker: CircuitBreaker | None = None,
         log_interval_s: float = 30.0,
         near_entries: int = 4096,
     ) -> None:
         self._client = client
         self._timeout = timeout
         self._ttl_s = ttl_s
-        self._cooldown_s = cooldown_s
+        self._breaker = breaker or CircuitBreaker(
+            "redis", BreakerSettings(min_calls=5, open_wait_s=1.0)
+        )
         self._log_interval_s = log_interval_s
         self._last_logged = float("-inf")
-        self._skip_until = float("-inf")
         self._inflight: dict[str, asyncio.Future[Any]] = {}
         self._pending: set[asyncio.Future[None]] = set()
         self.hits = 0
@@ -159,19 +161,18 @@ class RedisCache:
     @property
     def available(self) -> bool:
         """
-        False while the cache is skipped after a failure.
+        False while Redis's breaker is open (the cache is skipped).
         """
-        return time.monotonic() >= self._skip_until
+        return self._breaker.state is not BreakerState.OPEN
 
-    def _failed(self, action: str, exc: BaseException) -> None:
+    def _failed(self, action: str, exc: BaseException) -> Outcome:
         if _pool_busy(exc):
             # Every pooled connection is in use: Lake is busy, Redis is not sick.
-            # A miss, without the cooldown that would switch the cache off.
+            # A miss, which the breaker ignores.
             self.busy += 1
-            return
+            return Outcome.IGNORED
         self.errors += 1
         now = time.monotonic()
-        self._skip_until = now + self._cooldown_s
         if now - self._last_logged >= self._log_interval_s:
             self._last_logged = now
             log.warning(
@@ -180,32 +181,51 @@ class RedisCache:
                 errors=self.errors,
                 error=type(exc).__name__,
             )
+        return Outcome.FAILURE
 
     async def get(self, key: str) -> bytes | None:
         """
         Return the cached bytes for ``key``, or None on a miss or any failure.
         """
-        if not self.available:
+        try:
+            ticket = self._breaker.allow()
+        except CircuitOpenError:
             return None
+        started = time.perf_counter()
+        outcome = Outcome.SUCCESS
         try:
             async with asyncio.timeout(self._timeout):
                 value = await self._client.get(key)
         except (aioredis.RedisError, OSError, TimeoutError) as exc:
-            self._failed("get", exc)
+            outcome = self._failed("get", exc)
             return None
+        except BaseException:
+            outcome = Outcome.IGNORED  # cancelled: says nothing of Redis
+            raise
+        finally:
+            self._breaker.record(ticket, outcome, time.perf_counter() - started)
         return value if isinstance(value, bytes) else None
 
     async def set(self, key: str, value: bytes) -> None:
         """
-        Store ``value`` under ``key`` with the TTL; skipped on failure or cooldown.
+        Store ``value`` under ``key`` with the TTL; skipped on failure or open breaker.
         """
-        if not self.available:
+        try:
+            ticket = self._breaker.allow()
+        except CircuitOpenError:
             return
+        started = time.perf_counter()
+        outcome = Outcome.SUCCESS
         try:
             async with asyncio.timeout(self._timeout):
                 await self._client.set(key, value, ex=self._ttl_s)
         except (aioredis.RedisError, OSError, TimeoutError) as exc:
-            self._failed("set", exc)
+            outcome = self._failed("set", exc)
+        except BaseException:
+            outcome = Outcome.IGNORED
+            raise
+        finally:
+            self._breaker.record(ticket, outcome, time.perf_counter() - started)
 
     async def read_through(
         self,
@@ -360,12 +380,14 @@ class RedisCache:
             "errors": self.errors,
             "busy": self.busy,
             "skipping": int(not self.available),
+            "breaker": self._breaker.state.value,
             "routes": {name: p.stats() for name, p in self.routes.items()},
         }
 
     async def ping(self) -> str | None:
         """
-        PING Redis (ignoring the cooldown); raise StoreUnavailableError on no answer.
+        PING Redis (whatever its breaker says); raise StoreUnavailableError on no
+        answer, and say so while the breaker is not closed.
         """
         try:
             async with asyncio.timeout(max(self._timeout, 0.5)):
@@ -373,7 +395,9 @@ class RedisCache:
         except (aioredis.RedisError, OSError, TimeoutError):
             msg = "redis did not answer PING"
             raise StoreUnavailableError(msg) from None
-        self._skip_until = float("-inf")
+        state = self._breaker.state
+        if state is not BreakerState.CLOSED:
+            return f"circuit {state.value.replace('_', '-')}"
         return None
 
 

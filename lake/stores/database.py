@@ -24,6 +24,7 @@ import structlog
 
 from lake import deadline
 from lake.errors import (
+    CircuitOpenError,
     ConflictError,
     DeadlineExceededError,
     LakeError,
@@ -31,6 +32,16 @@ from lake.errors import (
     StoreError,
     StoreUnavailableError,
     ValidationError,
+)
+from lake.protection import (
+    BreakerSettings,
+    BreakerState,
+    BudgetSettings,
+    Dependency,
+    FairGate,
+    Outcome,
+    TimeoutSettings,
+    first_attempt,
 )
 from lake.stores.versions import VersionReader
 from lake.validation import check_tenant
@@ -106,6 +117,33 @@ def _translated(exc: BaseException) -> LakeError:
     if state.startswith("54"):
         return ValidationError("request", "too large for the database to store")
     return StoreError("database error")
+
+
+def _outcome(exc: BaseException) -> Outcome:
+    """
+    What a failed call says about PostgreSQL itself, for its breaker.
+
+    Only PostgreSQL's own failures count: refused, lost or unanswered connections,
+    and calls cut by their attempt's own timeout. The caller giving up (its
+    deadline, a cancel), an exhausted pool, and answers about the request
+    (invalid, not found, conflicting, a statement timeout) say nothing about
+    PostgreSQL's health and are ignored; so are other server errors, which one bad
+    statement would cause on every call of its route and which retrying elsewhere
+    does not cure.
+    """
+    if isinstance(exc, CircuitOpenError | ResourceExhaustedError):
+        return Outcome.IGNORED
+    if isinstance(exc, StoreUnavailableError):
+        return Outcome.FAILURE
+    if isinstance(exc, asyncio.CancelledError | TimeoutError):
+        return Outcome.FAILURE if deadline.attempt_expired() else Outcome.IGNORED
+    if isinstance(exc, OSError | asyncpg.InterfaceError | asyncpg.InternalClientError):
+        return Outcome.FAILURE
+    if isinstance(exc, asyncpg.PostgresError) and isinstance(
+        translate_pg_error(exc), StoreUnavailableError
+    ):
+        return Outcome.FAILURE
+    return Outcome.IGNORED
 
 
 # Tables the stores bulk-load, analyzed after big writes (see Database.wrote).
@@ -204,8 +242,18 @@ class Database:
         *,
         acquire_timeout: float = 2.0,
         versions: VersionReader | None = None,
+        guard: Dependency | None = None,
+        gate: FairGate | None = None,
     ) -> None:
         self._pool = pool
+        # PostgreSQL's breaker and retry budget, and the pool's fair shares.
+        self._guard = guard or Dependency(
+            "postgres",
+            breaker=BreakerSettings(),
+            budget=BudgetSettings(),
+            timeouts=TimeoutSettings(),
+        )
+        self._gate = gate
         self._versions = versions
         self._acquire_timeout = acquire_timeout
         self._acquire_timeouts = 0
@@ -217,29 +265,64 @@ class Database:
         self._analyze_after: dict[str, float] = {}
 
     @asynccontextmanager
-    async def connection(self) -> AsyncIterator[Any]:
+    async def connection(self, tenant: str = "") -> AsyncIterator[Any]:
         """
-        Acquire a connection within the acquire timeout.
+        Acquire a connection within the acquire timeout, through the breaker and
+        ``tenant``'s fair share of the pool.
+
+        Raises:
+            CircuitOpenError: PostgreSQL's breaker is open (at once, no wait).
+            ResourceExhaustedError: no connection in time, or none expected in time.
         """
+        guard = self._guard
+        ticket = guard.breaker.allow()
+        if first_attempt():
+            guard.budget.deposit()
+        gate = self._gate
+        started = gate_taken = time.perf_counter()
+        if gate is not None:
+            try:
+                gate_taken = await gate.acquire(tenant)
+            except BaseException:
+                guard.breaker.record(ticket, Outcome.IGNORED, 0.0)
+                raise
         try:
-            # asyncio.timeout, not acquire(timeout=): asyncpg's wait_for would start
-            # a task for every acquire.
-            async with asyncio.timeout(self._acquire_timeout):
-                conn = await self._pool.acquire()
-        except TimeoutError:
-            self._acquire_timeouts += 1
-            msg = "no database connection free in time"
-            raise ResourceExhaustedError(msg) from None
-        except Exception as exc:
-            raise translate_pg_error(exc) from None
+            conn = await self._acquire()
+        except BaseException as exc:
+            if gate is not None:
+                gate.release(tenant, gate_taken)
+            guard.breaker.record(ticket, _outcome(exc), time.perf_counter() - started)
+            raise
+        outcome = Outcome.SUCCESS
         try:
             yield conn
+        except BaseException as exc:
+            outcome = _outcome(exc)
+            raise
         finally:
             try:
                 await self._pool.release(conn)
             except Exception:  # a lost connection: the pool replaces it
                 with contextlib.suppress(Exception):
                     conn.terminate()
+            if gate is not None:
+                gate.release(tenant, gate_taken)
+            guard.breaker.record(ticket, outcome, time.perf_counter() - started)
+
+    async def _acquire(self) -> Any:
+        try:
+            # asyncio.timeout, not acquire(timeout=): asyncpg's wait_for would start
+            # a task for every acquire.
+            async with asyncio.timeout(self._acquire_timeout):
+                return await self._pool.acquire()
+        except TimeoutError:
+            if deadline.attempt_expired():
+                raise  # the attempt's own timeout, not the pool's
+            self._acquire_timeouts += 1
+            msg = "no database connection free in time"
+            raise ResourceExhaustedError(msg) from None
+        except Exception as exc:
+            raise translate_pg_error(exc) from None
 
     @asynccontextmanager
     async def transaction(
@@ -259,7 +342,7 @@ class Database:
         discarded, so no state can reach the next user of the pool.
         """
         setup = _setup_sql(tenant, settings or {}, prelude)
-        async with self.connection() as conn:
+        async with self.connection(tenant or "") as conn:
             try:
                 await conn.execute(setup)
                 yield conn
@@ -391,6 +474,9 @@ class Database:
             await self._pool.expire_connections()
             msg = "connected to a read-only standby"
             raise StoreUnavailableError(msg)
+        state = self._guard.breaker.state
+        if state is not BreakerState.CLOSED:
+            return f"circuit {state.value.replace('_', '-')}"
         return None
 
     async def has_extension(self, name: str) -> bool:
@@ -413,10 +499,21 @@ class Database:
 
     def metrics(self) -> dict[str, int]:
         """
-        The pool's size, idle and in-use counts, bounds and acquire timeouts.
+        The pool's size, idle and in-use counts, bounds and acquire timeouts, and
+        the fair-share gate's waiting callers and refusals.
         """
         size, idle = self._pool.get_size(), self._pool.get_idle_size()
+        gate = self._gate
+        waiting = (
+            {}
+            if gate is None
+            else {
+                "waiting": gate.waiting,
+                "shed": gate.rejected,
+            }
+        )
         return {
+            **waiting,
             "size": size,
             "idle": idle,
             "in_use": size - idle,

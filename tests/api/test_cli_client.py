@@ -157,6 +157,13 @@ async def test_status_reports_usage_pool_cache_and_backlog(api):
         "errors",
         "busy",
         "skipping",
+        "breaker",
         "routes",
     }
     assert status["events_pending"] == 1  # the stream peer is down in this fixture
+    # Every dependency's protection: breaker state, retry budget, timeouts.
+    protection = status["protection"]
+    assert {"postgres", "redis"} <= set(protection)
+    assert protection["postgres"]["breaker"]["state"] == "closed"
+    assert protection["postgres"]["breaker"]["calls"] >= 4
+    assert "FeaturesNearest" in protection["postgres"]["timeouts"]

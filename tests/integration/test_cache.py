@@ -134,7 +134,7 @@ async def blackhole() -> AsyncIterator[str]:
 
 async def test_silent_redis_costs_at_most_the_timeout(servers, database, blackhole):
     """A Redis that never answers: reads succeed, each adds at most the timeout,
-    and the cooldown skips Redis after a failure."""
+    and once Redis's breaker opens the cache is skipped outright (F12)."""
     settings = live_settings(servers, database)
     settings["redis"].update(url=blackhole, password="")
     manager = await started(settings)
@@ -149,7 +149,11 @@ async def test_silent_redis_costs_at_most_the_timeout(servers, database, blackho
             assert [p.value for p in page.points] == [3.0]
         bound = settings["cache"]["timeout"] + 0.5
         assert max(timings) < bound, timings
-        assert sorted(timings)[5] < settings["cache"]["timeout"]  # cooldown: skipped
+        status = await manager.status()
+        assert status.cache is not None
+        # Recent entries are served from the process (version-checked) and Redis's
+        # breaker opens after min_calls failures: few reads pay the timeout.
+        assert status.cache["errors"] <= 6
         report = await manager.health()
         assert report.component("redis").reason == "redis did not answer PING"
         assert report.ready

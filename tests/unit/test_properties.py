@@ -53,7 +53,12 @@ class Aborted(Exception):
 class FakeContext:
     """The one ServicerContext method the servicers use."""
 
-    async def abort(self, code: grpc.StatusCode, details: str) -> None:
+    async def abort(
+        self,
+        code: grpc.StatusCode,
+        details: str,
+        trailing_metadata: tuple[tuple[str, str], ...] = (),
+    ) -> None:
         raise Aborted(code, details)
 
 

@@ -1,0 +1,178 @@
+"""
+A bulkhead with fair shares: at most ``capacity`` calls hold the dependency at once
+(the PostgreSQL pool's size), and when callers must wait, the next free slot goes
+to the waiting tenant that holds the fewest slots (oldest first among equals).
+
+It is work conserving: one tenant alone may use every slot. But a tenant flooding
+the pool does not make others queue behind its backlog: a second tenant's call
+takes the next slot that frees, so its wait is about one hold time, not the whole
+flood's. A tenant may also be capped at ``share`` of the capacity outright.
+
+Waiting is refused at once (RESOURCE_EXHAUSTED with a pushback) instead of queued
+when the tenant already has ``max_queue_per_tenant`` callers waiting, or when the
+expected wait (queue position x mean hold time / capacity) would outlast the
+caller's deadline; a queued caller that is not served within ``wait_s`` (the pool's
+acquire timeout) or its deadline gives up with the same error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from lake import deadline
+from lake.errors import ResourceExhaustedError
+
+__all__ = ["FairGate", "GateSettings"]
+
+
+@dataclass(frozen=True, slots=True)
+class GateSettings:
+    """
+    The gate's bounds.
+    """
+
+    capacity: int = 10
+    share: float = 1.0
+    max_queue_per_tenant: int = 64
+    wait_s: float = 2.0
+
+
+class FairGate:
+    """
+    Slots of one dependency, shared fairly between tenants.
+    """
+
+    def __init__(self, settings: GateSettings | None = None) -> None:
+        self.settings = s = settings or GateSettings()
+        self.capacity = max(1, s.capacity)
+        self._cap = max(1, math.ceil(s.share * self.capacity))
+        self.active = 0
+        self._held: dict[str, int] = {}
+        self._queues: dict[str, deque[asyncio.Future[None]]] = {}
+        self.waiting = 0
+        self.rejected = 0
+        self._hold_s = 0.005  # mean hold time (EWMA), for the expected wait
+
+    async def acquire(self, tenant: str) -> float:
+        """
+        Take a slot for ``tenant``; returns when it was taken (perf_counter).
+
+        Raises:
+            ResourceExhaustedError: no slot in time, or none expected in time.
+        """
+        held = self._held.get(tenant, 0)
+        if self.active < self.capacity and not self.waiting and held < self._cap:
+            self.active += 1
+            self._held[tenant] = held + 1
+            return time.perf_counter()
+        return await self._wait(tenant)
+
+    def release(self, tenant: str, taken: float) -> None:
+        """
+        Give back ``tenant``'s slot taken at ``taken``; hands it on to the next waiter.
+        """
+        self._hold_s += 0.05 * ((time.perf_counter() - taken) - self._hold_s)
+        held = self._held.get(tenant, 1) - 1
+        if held:
+            self._held[tenant] = held
+        else:
+            self._held.pop(tenant, None)
+        self.active -= 1
+        if self.waiting:
+            self._hand_on()
+
+    def snapshot(self) -> dict[str, int | float]:
+        """
+        Slots in use, callers waiting, refusals, and the mean hold time.
+        """
+        return {
+            "capacity": self.capacity,
+            "active": self.active,
+            "waiting": self.waiting,
+            "tenants_waiting": len(self._queues),
+            "rejected": self.rejected,
+            "mean_hold_ms": round(self._hold_s * 1000, 3),
+        }
+
+    # --- internals -----------------------------------------------------------------
+
+    def _refuse(self, why: str, after: float) -> ResourceExhaustedError:
+        self.rejected += 1
+        return ResourceExhaustedError(f"database busy: {why}").after(after)
+
+    async def _wait(self, tenant: str) -> float:
+        queue = self._queues.get(tenant)
+        queued = 0 if queue is None else len(queue)
+        expected = (self.waiting + 1) * self._hold_s / self.capacity
+        if queued >= self.settings.max_queue_per_tenant:
+            msg = "too many calls of this tenant waiting"
+            raise self._refuse(msg, expected)
+        left = deadline.remaining()
+        if left is not None and expected > left:
+            msg = "no connection expected within the deadline"
+            raise self._refuse(msg, expected)
+        if queue is None:
+            queue = self._queues[tenant] = deque()
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queue.append(future)
+        self.waiting += 1
+        if self.active < self.capacity:
+            self._hand_on()  # the waiters ahead were all at their cap
+        limit = (
+            self.settings.wait_s if left is None else min(self.settings.wait_s, left)
+        )
+        try:
+            async with asyncio.timeout(limit):
+                await future
+        except BaseException as exc:
+            if future.done() and not future.cancelled():
+                # Handed a slot as the wait ended: give it back to the next one.
+                self.release(tenant, time.perf_counter())
+            else:
+                self._forget(tenant, future)
+            if isinstance(exc, TimeoutError):
+                msg = "no connection free in time"
+                raise self._refuse(msg, expected) from None
+            raise
+        return time.perf_counter()
+
+    def _forget(self, tenant: str, future: asyncio.Future[None]) -> None:
+        queue = self._queues.get(tenant)
+        if queue is None:
+            return
+        try:
+            queue.remove(future)
+        except ValueError:
+            return
+        self.waiting -= 1
+        if not queue:
+            del self._queues[tenant]
+
+    def _hand_on(self) -> None:
+        # The waiting tenant holding the fewest slots goes next (dict order, i.e.
+        # the longest-waiting tenant, breaks ties); one over its cap waits on.
+        while self.waiting and self.active < self.capacity:
+            best: str | None = None
+            fewest = self._cap
+            for tenant in self._queues:
+                held = self._held.get(tenant, 0)
+                if held < fewest:
+                    best, fewest = tenant, held
+            if best is None:
+                return
+            queue = self._queues[best]
+            future = queue.popleft()
+            self.waiting -= 1
+            if not queue:
+                del self._queues[best]
+            else:  # to the back of the line of tenants
+                self._queues[best] = self._queues.pop(best)
+            if future.done():
+                continue  # gave up meanwhile
+            self.active += 1
+            self._held[best] = fewest + 1
+            future.set_result(None)

@@ -1,0 +1,91 @@
+"""
+Adaptive timeouts: clamp(multiplier x rolling p99, floor, ceiling), never past the
+caller's remaining deadline.
+
+Each tracker keeps the last ``samples`` latencies of one dependency and operation
+kind in a ring and recomputes its p99 every ``every`` samples (a sort of 256
+floats, ~10 us, so ~0.3 us a call). Until ``warmup`` samples are in, the ceiling
+applies. An attempt that timed out is recorded at its timeout, so when the
+dependency slows down the estimate climbs (by up to ``multiplier`` each
+recomputation) until calls fit again, and falls back once it is fast again: after
+``samples`` calls the old figures are gone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["AdaptiveTimeout", "TimeoutSettings"]
+
+
+@dataclass(frozen=True, slots=True)
+class TimeoutSettings:
+    """
+    Bounds of one adaptive timeout, in seconds.
+    """
+
+    multiplier: float = 3.0
+    floor_s: float = 1.0
+    ceiling_s: float = 30.0
+    samples: int = 256
+    every: int = 32
+    warmup: int = 32
+
+
+class AdaptiveTimeout:
+    """
+    One dependency-and-kind's rolling latency and the timeout it gives.
+    """
+
+    __slots__ = ("_count", "_i", "_ring", "_timeout", "p99", "settings", "timeouts")
+
+    def __init__(self, settings: TimeoutSettings | None = None) -> None:
+        self.settings = s = settings or TimeoutSettings()
+        self._ring: list[float] = []
+        self._i = 0
+        self._count = 0
+        self.p99: float | None = None
+        self._timeout = s.ceiling_s
+        self.timeouts = 0
+
+    def record(self, seconds: float) -> None:
+        """
+        Add one finished attempt's latency.
+        """
+        s = self.settings
+        if len(self._ring) < s.samples:
+            self._ring.append(seconds)
+        else:
+            self._ring[self._i] = seconds
+            self._i = (self._i + 1) % s.samples
+        self._count += 1
+        if self._count % s.every == 0 and len(self._ring) >= s.warmup:
+            ordered = sorted(self._ring)
+            self.p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+            wanted = s.multiplier * self.p99
+            self._timeout = min(s.ceiling_s, max(s.floor_s, wanted))
+
+    def timed_out(self, seconds: float) -> None:
+        """
+        An attempt ran out its timeout of ``seconds``: counted at that latency.
+        """
+        self.timeouts += 1
+        self.record(seconds)
+
+    def timeout(self, remaining: float | None) -> float:
+        """
+        The time an attempt may take now, within the caller's ``remaining`` time.
+        """
+        if remaining is None:
+            return self._timeout
+        return min(self._timeout, remaining)
+
+    def snapshot(self) -> dict[str, float | int | None]:
+        """
+        The current timeout and the p99 it came from, in ms.
+        """
+        return {
+            "timeout_ms": round(self._timeout * 1000, 1),
+            "p99_ms": None if self.p99 is None else round(self.p99 * 1000, 2),
+            "timeouts": self.timeouts,
+        }

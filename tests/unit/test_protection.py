@@ -1,0 +1,324 @@
+"""
+The protection layer's parts on a fake clock: breaker (F18), retry budget,
+adaptive timeouts, fair shares.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from lake import deadline
+from lake.errors import (
+    CircuitOpenError,
+    MeshUnavailableError,
+    ResourceExhaustedError,
+    StoreUnavailableError,
+    ValidationError,
+)
+from lake.protection import (
+    AdaptiveTimeout,
+    BreakerSettings,
+    BreakerState,
+    BudgetSettings,
+    CircuitBreaker,
+    FairGate,
+    GateSettings,
+    Outcome,
+    Protection,
+    RetryBudget,
+    TimeoutSettings,
+)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def breaker(clock: Clock, **settings: float) -> CircuitBreaker:
+    defaults: dict[str, float] = {
+        "window_s": 10,
+        "min_calls": 10,
+        "failure_rate": 0.5,
+        "open_wait_s": 1.0,
+        "half_open_calls": 3,
+    }
+    defaults.update(settings)
+    return CircuitBreaker(
+        "postgres",
+        BreakerSettings(**defaults),  # type: ignore[arg-type]
+        clock=clock,
+    )
+
+
+def calls(b: CircuitBreaker, outcome: Outcome, n: int, seconds: float = 0.001) -> None:
+    for _ in range(n):
+        b.record(b.allow(), outcome, seconds)
+
+
+# --- F18: breaker logic ------------------------------------------------------------
+
+
+def test_breaker_opens_only_after_the_minimum_number_of_calls() -> None:
+    clock = Clock()
+    b = breaker(clock)
+    calls(b, Outcome.FAILURE, 9)
+    assert b.state is BreakerState.CLOSED  # 100 % failed, but only 9 calls
+    calls(b, Outcome.FAILURE, 1)
+    assert b.state is BreakerState.OPEN
+    assert b.transitions == {"closed->open": 1}
+
+
+def test_breaker_opens_at_the_failure_rate_threshold_not_below() -> None:
+    clock = Clock()
+    b = breaker(clock, min_calls=10)
+    calls(b, Outcome.SUCCESS, 11)
+    calls(b, Outcome.FAILURE, 10)  # 10 of 21: under 50 %
+    assert b.state is BreakerState.CLOSED
+    calls(b, Outcome.FAILURE, 1)  # 11 of 22: 50 %
+    assert b.state is BreakerState.OPEN
+
+
+def test_ignored_outcomes_count_neither_way() -> None:
+    clock = Clock()
+    b = breaker(clock)
+    calls(b, Outcome.IGNORED, 100)  # invalid input, not found, caller's deadline
+    calls(b, Outcome.FAILURE, 9)
+    assert b.state is BreakerState.CLOSED
+    assert b.snapshot()["calls"] == 9
+
+
+def test_the_window_forgets_calls_older_than_its_length() -> None:
+    clock = Clock()
+    b = breaker(clock, window_s=10, min_calls=10)
+    calls(b, Outcome.FAILURE, 9)
+    clock.now += 11  # those nine fell out of the window
+    calls(b, Outcome.FAILURE, 9)
+    assert b.state is BreakerState.CLOSED
+    calls(b, Outcome.FAILURE, 1)
+    assert b.state is BreakerState.OPEN
+
+
+def test_slow_calls_open_the_breaker_at_their_own_rate() -> None:
+    clock = Clock()
+    b = breaker(clock, slow_call_s=1.0, slow_call_rate=0.8)
+    calls(b, Outcome.SUCCESS, 7, seconds=2.0)
+    calls(b, Outcome.SUCCESS, 2, seconds=0.01)
+    assert b.state is BreakerState.CLOSED
+    calls(b, Outcome.SUCCESS, 1, seconds=2.0)  # 8 slow of 10
+    assert b.state is BreakerState.OPEN
+
+
+def test_open_breaker_refuses_at_once_with_a_pushback_then_half_opens() -> None:
+    clock = Clock()
+    b = breaker(clock, open_wait_s=1.0)
+    calls(b, Outcome.FAILURE, 10)
+    clock.now += 0.25
+    with pytest.raises(CircuitOpenError) as refused:
+        b.allow()
+    assert refused.value.retry_after_s == pytest.approx(0.75)
+    assert refused.value.dependency == "postgres"
+    clock.now += 0.75
+    tickets = [b.allow() for _ in range(3)]  # the three probe calls
+    assert b.state is BreakerState.HALF_OPEN
+    with pytest.raises(CircuitOpenError):
+        b.allow()  # a fourth is refused while the probes run
+    for ticket in tickets:
+        b.record(ticket, Outcome.SUCCESS, 0.001)
+    assert b.state is BreakerState.CLOSED
+    assert b.transitions == {
+        "closed->open": 1,
+        "open->half_open": 1,
+        "half_open->closed": 1,
+    }
+
+
+def test_failed_probes_open_the_breaker_again() -> None:
+    clock = Clock()
+    b = breaker(clock)
+    calls(b, Outcome.FAILURE, 10)
+    clock.now += 1.0
+    tickets = [b.allow() for _ in range(3)]
+    b.record(tickets[0], Outcome.SUCCESS, 0.001)
+    b.record(tickets[1], Outcome.FAILURE, 0.001)
+    b.record(tickets[2], Outcome.FAILURE, 0.001)
+    assert b.state is BreakerState.OPEN
+    with pytest.raises(CircuitOpenError):
+        b.allow()
+
+
+def test_an_ignored_probe_gives_its_permit_to_another_call() -> None:
+    clock = Clock()
+    b = breaker(clock, half_open_calls=1)
+    calls(b, Outcome.FAILURE, 10)
+    clock.now += 1.0
+    ticket = b.allow()
+    b.record(ticket, Outcome.IGNORED, 0.001)  # an invalid request says nothing
+    assert b.state is BreakerState.HALF_OPEN
+    b.record(b.allow(), Outcome.SUCCESS, 0.001)
+    assert b.state is BreakerState.CLOSED
+
+
+def test_calls_permitted_before_the_breaker_opened_are_not_probes() -> None:
+    clock = Clock()
+    b = breaker(clock, half_open_calls=1)
+    early = b.allow()
+    calls(b, Outcome.FAILURE, 10)
+    clock.now += 1.0
+    probe = b.allow()
+    b.record(early, Outcome.SUCCESS, 0.001)  # from the closed state: not counted
+    assert b.state is BreakerState.HALF_OPEN
+    b.record(probe, Outcome.FAILURE, 0.001)
+    assert b.state is BreakerState.OPEN
+
+
+def test_probes_that_never_return_open_the_breaker_again() -> None:
+    clock = Clock()
+    b = breaker(clock, max_half_open_s=5.0)
+    calls(b, Outcome.FAILURE, 10)
+    clock.now += 1.0
+    for _ in range(3):
+        b.allow()  # hung
+    clock.now += 6.0
+    with pytest.raises(CircuitOpenError):
+        b.allow()
+    assert b.state is BreakerState.OPEN
+
+
+# --- retry budget ------------------------------------------------------------------
+
+
+def test_retry_budget_allows_a_ratio_of_requests_plus_a_floor() -> None:
+    clock = Clock()
+    budget = RetryBudget(BudgetSettings(ratio=0.2, min_per_s=1.0, ttl_s=10), clock=clock)
+    for _ in range(100):
+        budget.deposit()
+    spent = sum(budget.try_spend() for _ in range(100))
+    assert spent == 30  # 20 % of 100, plus 1/s over 10 s
+    assert budget.snapshot() == {"retries": 30, "retries_denied": 70}
+    clock.now += 11  # deposits and withdrawals expire
+    assert sum(budget.try_spend() for _ in range(100)) == 10
+
+
+# --- adaptive timeouts -------------------------------------------------------------
+
+
+def test_adaptive_timeout_follows_p99_within_floor_and_ceiling() -> None:
+    t = AdaptiveTimeout(
+        TimeoutSettings(multiplier=3.0, floor_s=0.1, ceiling_s=10.0, every=8, warmup=8)
+    )
+    assert t.timeout(None) == 10.0  # no figures yet: the ceiling
+    for _ in range(64):
+        t.record(0.2)
+    assert t.timeout(None) == pytest.approx(0.6)
+    assert t.timeout(0.3) == 0.3  # never past the caller's deadline
+    for _ in range(64):
+        t.record(0.001)
+    assert t.timeout(None) == pytest.approx(0.6)  # the slow ones are still in
+    for _ in range(256):
+        t.record(0.001)
+    assert t.timeout(None) == 0.1  # the floor
+
+
+def test_timed_out_attempts_raise_the_estimate_until_calls_fit() -> None:
+    t = AdaptiveTimeout(
+        TimeoutSettings(multiplier=3.0, floor_s=0.1, ceiling_s=10.0, every=8, warmup=8)
+    )
+    for _ in range(256):
+        t.record(0.01)
+    limit = t.timeout(None)
+    assert limit == 0.1
+    for _ in range(3):  # the dependency slowed to 0.5 s: every attempt is cut
+        for _ in range(8):
+            t.timed_out(t.timeout(None))
+    assert t.timeout(None) >= 0.5
+    assert t.timeouts == 24
+
+
+# --- fair shares -------------------------------------------------------------------
+
+
+async def test_fair_gate_serves_a_second_tenant_before_a_floods_backlog() -> None:
+    gate = FairGate(GateSettings(capacity=2, wait_s=5.0))
+    held = [await gate.acquire("flood") for _ in range(2)]
+    order: list[str] = []
+
+    async def one(tenant: str) -> None:
+        taken = await gate.acquire(tenant)
+        order.append(tenant)
+        gate.release(tenant, taken)
+
+    flood = [asyncio.create_task(one("flood")) for _ in range(10)]
+    await asyncio.sleep(0)
+    other = asyncio.create_task(one("other"))
+    await asyncio.sleep(0)
+    assert gate.waiting == 11
+    gate.release("flood", held.pop())
+    await asyncio.wait_for(other, 5)
+    assert order[0] == "other"  # ahead of ten earlier flood calls
+    gate.release("flood", held.pop())
+    await asyncio.wait_for(asyncio.gather(*flood), 5)
+    assert gate.active == 0
+    assert gate.waiting == 0
+
+
+async def test_fair_gate_refuses_at_once_past_the_queue_or_the_deadline() -> None:
+    gate = FairGate(GateSettings(capacity=1, max_queue_per_tenant=1, wait_s=5.0))
+    taken = await gate.acquire("a")
+    waiter = asyncio.create_task(gate.acquire("a"))
+    await asyncio.sleep(0)
+    with pytest.raises(ResourceExhaustedError) as refused:
+        await gate.acquire("a")  # a second waiter of the same tenant
+    assert refused.value.retry_after_s is not None
+    with deadline.deadline_scope(0.0):
+        with pytest.raises(ResourceExhaustedError):
+            await gate.acquire("b")  # no slot expected within no time
+    assert gate.rejected == 2
+    gate.release("a", taken)
+    gate.release("a", await asyncio.wait_for(waiter, 5))
+    assert gate.active == 0
+
+
+async def test_fair_gate_wait_ends_with_resource_exhausted() -> None:
+    gate = FairGate(GateSettings(capacity=1, wait_s=0.01))
+    taken = await gate.acquire("a")
+    with pytest.raises(ResourceExhaustedError):
+        await gate.acquire("b")
+    assert gate.waiting == 0
+    gate.release("a", taken)
+    gate.release("b", await gate.acquire("b"))
+    assert gate.active == 0
+
+
+async def test_fair_gate_share_caps_one_tenant() -> None:
+    gate = FairGate(GateSettings(capacity=4, share=0.5, wait_s=0.01))
+    first = [await gate.acquire("a") for _ in range(2)]
+    with pytest.raises(ResourceExhaustedError):
+        await gate.acquire("a")  # half the pool is a's limit
+    other = await gate.acquire("b")
+    for taken in first:
+        gate.release("a", taken)
+    gate.release("b", other)
+    assert gate.active == 0
+
+
+# --- the registry ------------------------------------------------------------------
+
+
+def test_retries_are_spent_from_the_failed_dependencys_budget() -> None:
+    protection = Protection(budget=BudgetSettings(ratio=0.0, min_per_s=0.1, ttl_s=10))
+    cortex = protection.peer("cortex")
+    failure = MeshUnavailableError("peer cortex unavailable")
+    failure.peer = "cortex"
+    assert protection.may_retry(failure)  # the floor: one retry in 10 s
+    assert not protection.may_retry(failure)
+    assert cortex.budget.snapshot() == {"retries": 1, "retries_denied": 1}
+    assert protection.may_retry(StoreUnavailableError("down"))  # postgres's own
+    assert not protection.may_retry(CircuitOpenError("postgres", 0.5))
+    assert protection.dependency_of(ValidationError("x", "bad")) is None
+    assert set(protection.snapshot()) == {"postgres", "redis", "mesh.cortex"}
