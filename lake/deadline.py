@@ -11,9 +11,16 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 
-__all__ = ["attempt_expired", "attempt_scope", "deadline_scope", "remaining"]
+__all__ = [
+    "attempt_expired",
+    "attempt_scope",
+    "deadline_scope",
+    "enter_attempt",
+    "exit_attempt",
+    "remaining",
+]
 
 _deadline: ContextVar[float | None] = ContextVar("lake_deadline", default=None)
 # When the current attempt's own (adaptive) timeout ends, if it set one.
@@ -46,20 +53,40 @@ def remaining() -> float | None:
     return max(0.0, at - time.monotonic())
 
 
+Tokens = tuple[Token[float | None], Token[float | None]]
+
+
+def enter_attempt(seconds: float) -> Tokens:
+    """
+    From now on one attempt's own timeout of ``seconds`` applies too: the deadline
+    is shortened to it, and ``attempt_expired()`` tells a dependency whose call
+    was cut that it was too slow (not that the caller gave up). Undo with
+    ``exit_attempt`` (plain calls: this sits on every read).
+    """
+    ends = time.monotonic() + seconds
+    outer = _deadline.get()
+    at = ends if outer is None or ends < outer else outer
+    return _deadline.set(at), _attempt_ends.set(ends)
+
+
+def exit_attempt(tokens: Tokens) -> None:
+    """
+    Undo ``enter_attempt``.
+    """
+    _attempt_ends.reset(tokens[1])
+    _deadline.reset(tokens[0])
+
+
 @contextmanager
 def attempt_scope(seconds: float) -> Iterator[None]:
     """
-    Within this block, one attempt's own timeout of ``seconds`` applies too: the
-    deadline is shortened to it, and ``attempt_expired()`` tells a dependency
-    whose call was cut that it was too slow (not that the caller gave up).
+    ``enter_attempt`` .. ``exit_attempt`` as a block.
     """
-    ends = time.monotonic() + seconds
-    token = _attempt_ends.set(ends)
+    tokens = enter_attempt(seconds)
     try:
-        with deadline_scope(seconds):
-            yield
+        yield
     finally:
-        _attempt_ends.reset(token)
+        exit_attempt(tokens)
 
 
 def attempt_expired() -> bool:

@@ -16,7 +16,7 @@ import asyncio
 import enum
 import time
 from functools import partial
-from typing import Any, overload
+from typing import Any, cast, overload
 
 import structlog
 
@@ -234,6 +234,7 @@ class ServiceManager:
             self._state = State.STOPPING
             if self._loop_lag is not None:
                 await self._loop_lag.stop()
+            await self._protection.watch.aclose()
             if was is State.RUNNING:
                 if self._components is not None:
                     await self._components.cache.drain()
@@ -367,6 +368,9 @@ class ServiceManager:
     async def _bounded(self, route: Route, op: Any) -> object:
         # One bound for the whole operation, retries included: the caller's deadline
         # or operations.timeout; stores pass what remains on to PostgreSQL.
+        # Every operation needs PostgreSQL (a cached read its version): while its
+        # breaker is open, answer at once, before the cache or a peer is asked.
+        self._protection.postgres.breaker.check()
         left = deadline.remaining()
         budget = self._operation_timeout if left is None else left
         policy = self._operations.within(budget)
@@ -401,20 +405,28 @@ class ServiceManager:
         tracker = self._protection.postgres.timeouts(kind)
         left = deadline.remaining()
         limit = tracker.timeout(left)
-        if left is not None and limit >= left:
-            return await self._dispatch(route, op)  # the caller's deadline governs
         started = time.perf_counter()
+        if left is not None and limit >= left:
+            # The caller's deadline governs (so does the ceiling while warming up).
+            result = await self._dispatch(route, op)
+            tracker.record(time.perf_counter() - started)
+            return result
+        task = cast("asyncio.Task[object]", asyncio.current_task())
+        watch = self._protection.watch
+        watch.arm(task, asyncio.get_running_loop().time() + limit)
+        tokens = deadline.enter_attempt(limit)
         try:
-            with deadline.attempt_scope(limit):
-                async with asyncio.timeout(limit) as scope:
-                    result = await self._dispatch(route, op)
-        except TimeoutError:
-            if not scope.expired():
+            result = await self._dispatch(route, op)
+        except asyncio.CancelledError:
+            if not watch.disarm(task):
                 raise
             tracker.timed_out(limit)
             msg = "database did not answer in time"
             detail = f"attempt timeout {limit * 1000:.0f} ms"
             raise StoreUnavailableError(msg).with_detail(detail) from None
+        finally:
+            watch.disarm(task)
+            deadline.exit_attempt(tokens)
         tracker.record(time.perf_counter() - started)
         return result
 

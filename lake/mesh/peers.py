@@ -50,12 +50,15 @@ def embed_text(text: str, dim: int) -> list[float]:
 
 class CortexPeer(peers_pb2_grpc.CortexServicer):
     """
-    The embedding peer; ``delay`` slows every call (for drain and deadline tests).
+    The embedding peer; ``delay`` slows every call (for drain and deadline tests),
+    ``failing`` answers every call UNAVAILABLE (for retry and breaker tests).
     """
 
     def __init__(self, dim: int = 64, delay: float = 0.0) -> None:
         self.dim = dim
         self.delay = delay
+        self.failing = False
+        self.calls = 0
         self.deadlines: list[float | None] = []
 
     async def Embed(
@@ -63,7 +66,10 @@ class CortexPeer(peers_pb2_grpc.CortexServicer):
         request: peers_pb2.EmbedRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> peers_pb2.EmbedResponse:
+        self.calls += 1
         self.deadlines.append(context.time_remaining())
+        if self.failing:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "failing on purpose")
         if self.delay:
             await asyncio.sleep(self.delay)
         return peers_pb2.EmbedResponse(

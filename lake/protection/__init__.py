@@ -12,10 +12,11 @@ from lake.protection.breaker import (
 from lake.protection.budget import BudgetSettings, RetryBudget
 from lake.protection.fairshare import FairGate, GateSettings
 from lake.protection.policy import Dependency, Protection, first_attempt, retrying
-from lake.protection.timeouts import AdaptiveTimeout, TimeoutSettings
+from lake.protection.timeouts import AdaptiveTimeout, AttemptWatch, TimeoutSettings
 
 __all__ = [
     "AdaptiveTimeout",
+    "AttemptWatch",
     "BreakerSettings",
     "BreakerState",
     "BudgetSettings",

@@ -74,6 +74,8 @@ class BreakerSettings:
     open_wait_s: float = 0.5
     half_open_calls: int = 3
     max_half_open_s: float = 5.0
+    # False: counts nothing and never opens (to measure what the breaker costs).
+    enabled: bool = True
 
 
 class CircuitBreaker:
@@ -139,12 +141,36 @@ class CircuitBreaker:
         self.rejected += 1
         raise CircuitOpenError(self.name, self.settings.open_wait_s)
 
+    def refusing(self) -> bool:
+        """
+        True while open and its wait is not over (a call now would be refused).
+        """
+        return self.state is BreakerState.OPEN and self._clock() < self._open_until
+
+    def check(self) -> None:
+        """
+        Raise ``CircuitOpenError`` when ``allow()`` would refuse a call now: open,
+        or half-open with every probe permit taken. It takes no permit itself, so
+        a caller can fail fast before doing any other work (which, during a
+        half-open, would slow the probes down).
+        """
+        if self.state is BreakerState.CLOSED:
+            return
+        if self.state is BreakerState.OPEN:
+            now = self._clock()
+            if now < self._open_until:
+                self.rejected += 1
+                raise CircuitOpenError(self.name, self._open_until - now)
+        elif self._probes_issued >= self.settings.half_open_calls:
+            self.rejected += 1
+            raise CircuitOpenError(self.name, self.settings.open_wait_s)
+
     def record(self, ticket: int, outcome: Outcome, seconds: float) -> None:
         """
         Count one finished call that ``allow()`` permitted with ``ticket``.
         """
-        if ticket != self._epoch:
-            return  # permitted under an earlier state
+        if ticket != self._epoch or not self.settings.enabled:
+            return  # permitted under an earlier state, or switched off
         slow = seconds >= self.settings.slow_call_s
         if self.state is BreakerState.CLOSED:
             if outcome is Outcome.IGNORED:

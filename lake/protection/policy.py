@@ -28,7 +28,7 @@ from lake.errors import (
 )
 from lake.protection.breaker import BreakerSettings, CircuitBreaker
 from lake.protection.budget import BudgetSettings, RetryBudget
-from lake.protection.timeouts import AdaptiveTimeout, TimeoutSettings
+from lake.protection.timeouts import AdaptiveTimeout, AttemptWatch, TimeoutSettings
 
 __all__ = ["Dependency", "Protection", "first_attempt", "retrying"]
 
@@ -135,6 +135,8 @@ class Protection:
             timeouts=TimeoutSettings(),
         )
         self._peers: dict[str, Dependency] = {}
+        # Cuts read attempts that outlive their adaptive timeout.
+        self.watch = AttemptWatch()
 
     def peer(self, name: str) -> Dependency:
         """

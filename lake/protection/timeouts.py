@@ -13,9 +13,11 @@ recomputation) until calls fit again, and falls back once it is fast again: afte
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass
 
-__all__ = ["AdaptiveTimeout", "TimeoutSettings"]
+__all__ = ["AdaptiveTimeout", "AttemptWatch", "TimeoutSettings"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,3 +91,64 @@ class AdaptiveTimeout:
             "p99_ms": None if self.p99 is None else round(self.p99 * 1000, 2),
             "timeouts": self.timeouts,
         }
+
+
+class AttemptWatch:
+    """
+    Cuts attempts that outlive their timeout, for a fraction of asyncio.timeout's
+    cost: arming is a dict entry, and one watcher task wakes every ``tick_s`` while
+    attempts are in flight and cancels the late ones. (``asyncio.timeout`` costs a
+    timer and its cancellation per call, ~5 us; the timeouts here are a second or
+    more, so ``tick_s`` of lateness does not matter.)
+    """
+
+    def __init__(self, tick_s: float = 0.02) -> None:
+        self._tick_s = tick_s
+        self._armed: dict[asyncio.Task[object], float] = {}
+        self._fired: set[asyncio.Task[object]] = set()
+        self._watcher: asyncio.Task[None] | None = None
+
+    def arm(self, task: asyncio.Task[object], ends: float) -> None:
+        """
+        Cancel ``task`` if it is still armed at loop time ``ends``.
+        """
+        self._armed[task] = ends
+        if self._watcher is None:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    def disarm(self, task: asyncio.Task[object]) -> bool:
+        """
+        Stop watching ``task``; True if it was cancelled for being late (then its
+        cancellation is taken back, to be answered by the caller's own error).
+        """
+        self._armed.pop(task, None)
+        if task in self._fired:
+            self._fired.discard(task)
+            task.uncancel()
+            return True
+        return False
+
+    async def aclose(self) -> None:
+        """
+        Stop the watcher.
+        """
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+    async def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._armed:
+                await asyncio.sleep(self._tick_s)
+                now = loop.time()
+                late = [task for task, ends in self._armed.items() if ends <= now]
+                for task in late:
+                    del self._armed[task]
+                    self._fired.add(task)
+                    task.cancel()
+        finally:
+            if self._watcher is asyncio.current_task():
+                self._watcher = None

@@ -161,9 +161,10 @@ class RedisCache:
     @property
     def available(self) -> bool:
         """
-        False while Redis's breaker is open (the cache is skipped).
+        False while Redis's breaker is open and waiting (the cache is skipped);
+        once the wait is over, the next call is let through as a probe.
         """
-        return self._breaker.state is not BreakerState.OPEN
+        return not self._breaker.refusing()
 
     def _failed(self, action: str, exc: BaseException) -> Outcome:
         if _pool_busy(exc):

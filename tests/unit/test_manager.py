@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from lake.errors import (
+    CircuitOpenError,
     LifecycleError,
     StoreError,
     StoreUnavailableError,
@@ -29,6 +30,13 @@ from lake.operations import (
     UpsertVectors,
     VectorItem,
     WritePoints,
+)
+from lake.protection import (
+    BreakerSettings,
+    BudgetSettings,
+    Outcome,
+    Protection,
+    TimeoutSettings,
 )
 from lake.resilience import RetryPolicy
 from tests.fakes import FakeMesh, FakeResourceSet, Fakes
@@ -357,3 +365,77 @@ async def test_operation_context_is_bound_during_the_call_only():
     assert seen["operation"] == "SearchVectors"
     assert len(str(seen["request_id"])) == 16
     assert structlog.contextvars.get_contextvars() == {}
+
+
+def protected_manager(fakes: Fakes, protection: Protection) -> ServiceManager:
+    return ServiceManager(
+        FakeResourceSet(fakes.components()),
+        limits=Limits(max_batch=100, max_top_k=100),
+        startup=RetryPolicy(attempts=3, timeout=5.0),
+        operations=RetryPolicy(attempts=3, timeout=5.0),
+        check_timeout=0.2,
+        protection=protection,
+    )
+
+
+async def test_retries_stop_when_the_dependencys_budget_is_spent():
+    """A retry is spent from PostgreSQL's budget; once it is empty a transient
+    failure reaches the caller after one attempt."""
+    fakes = Fakes()
+    budget = BudgetSettings(ratio=0.0, min_per_s=0.1, ttl_s=10)  # one retry in 10 s
+    manager = protected_manager(fakes, Protection(budget=budget))
+    await manager.start()
+    op = UpsertVectors("t1", "docs", [VectorItem("a", [1.0])])
+    fakes.vectors.fail_next = [StoreUnavailableError("blip")]
+    assert await manager.coordinate(op) == 1  # the one retry
+    fakes.vectors.fail_next = [
+        StoreUnavailableError("blip"),
+        StoreUnavailableError("x"),
+    ]
+    with pytest.raises(StoreUnavailableError, match="blip"):
+        await manager.coordinate(op)
+    assert len(fakes.vectors.fail_next) == 1  # the second failure was never tried
+    assert manager._protection.postgres.budget.snapshot() == {
+        "retries": 1,
+        "retries_denied": 1,
+    }
+
+
+async def test_a_read_past_its_adaptive_timeout_is_cut_and_retried():
+    """An attempt that outlives clamp(k x p99) is cut (the dependency was too slow)
+    and tried again within the caller's deadline."""
+    fakes = Fakes()
+    timeouts = TimeoutSettings(floor_s=0.05, ceiling_s=0.05)
+    manager = protected_manager(fakes, Protection(timeouts=timeouts))
+    await manager.start()
+    answer = fakes.spatial.nearby
+    hung = asyncio.Event()
+
+    async def first_hangs(*args, **kwargs):
+        if not hung.is_set():
+            hung.set()
+            await asyncio.Event().wait()  # never answers
+        return await answer(*args, **kwargs)
+
+    fakes.spatial.nearby = first_hangs  # type: ignore[method-assign]
+    found = await manager.coordinate(FeaturesNearby("t1", 1.0, 2.0, 100.0))
+    assert found == []
+    tracker = manager._protection.postgres.timeouts("FeaturesNearby")
+    assert tracker.timeouts == 1
+    assert manager._protection.postgres.budget.snapshot()["retries"] == 1
+
+
+async def test_an_open_breaker_answers_at_once_without_reaching_a_store():
+    fakes = Fakes()
+    protection = Protection(breaker=BreakerSettings(min_calls=1, open_wait_s=60))
+    manager = protected_manager(fakes, protection)
+    await manager.start()
+    breaker = protection.postgres.breaker
+    breaker.record(breaker.allow(), Outcome.FAILURE, 0.001)
+    fakes.vectors.fail_next = [StoreError("must not be reached")]
+    with pytest.raises(CircuitOpenError) as refused:
+        await manager.coordinate(UpsertVectors("t1", "docs", [VectorItem("a", [1.0])]))
+    assert refused.value.retry_after_s is not None
+    assert 59 < refused.value.retry_after_s <= 60
+    assert len(fakes.vectors.fail_next) == 1
+    assert manager.stats["UpsertVectors"].failures == {"unavailable": 1}

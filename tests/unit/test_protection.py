@@ -19,6 +19,7 @@ from lake.errors import (
 )
 from lake.protection import (
     AdaptiveTimeout,
+    AttemptWatch,
     BreakerSettings,
     BreakerState,
     BudgetSettings,
@@ -195,7 +196,9 @@ def test_probes_that_never_return_open_the_breaker_again() -> None:
 
 def test_retry_budget_allows_a_ratio_of_requests_plus_a_floor() -> None:
     clock = Clock()
-    budget = RetryBudget(BudgetSettings(ratio=0.2, min_per_s=1.0, ttl_s=10), clock=clock)
+    budget = RetryBudget(
+        BudgetSettings(ratio=0.2, min_per_s=1.0, ttl_s=10), clock=clock
+    )
     for _ in range(100):
         budget.deposit()
     spent = sum(budget.try_spend() for _ in range(100))
@@ -275,9 +278,8 @@ async def test_fair_gate_refuses_at_once_past_the_queue_or_the_deadline() -> Non
     with pytest.raises(ResourceExhaustedError) as refused:
         await gate.acquire("a")  # a second waiter of the same tenant
     assert refused.value.retry_after_s is not None
-    with deadline.deadline_scope(0.0):
-        with pytest.raises(ResourceExhaustedError):
-            await gate.acquire("b")  # no slot expected within no time
+    with deadline.deadline_scope(0.0), pytest.raises(ResourceExhaustedError):
+        await gate.acquire("b")  # no slot expected within no time
     assert gate.rejected == 2
     gate.release("a", taken)
     gate.release("a", await asyncio.wait_for(waiter, 5))
@@ -322,3 +324,64 @@ def test_retries_are_spent_from_the_failed_dependencys_budget() -> None:
     assert not protection.may_retry(CircuitOpenError("postgres", 0.5))
     assert protection.dependency_of(ValidationError("x", "bad")) is None
     assert set(protection.snapshot()) == {"postgres", "redis", "mesh.cortex"}
+
+
+def test_check_refuses_while_open_without_taking_a_probe_permit() -> None:
+    clock = Clock()
+    b = breaker(clock, half_open_calls=1)
+    b.check()  # closed: passes
+    calls(b, Outcome.FAILURE, 10)
+    with pytest.raises(CircuitOpenError):
+        b.check()
+    clock.now += 1.0
+    b.check()  # the wait is over: the next allow() is the probe
+    b.check()
+    b.record(b.allow(), Outcome.SUCCESS, 0.001)
+    assert b.state is BreakerState.CLOSED
+
+
+def test_check_refuses_during_half_open_once_every_probe_is_out() -> None:
+    clock = Clock()
+    b = breaker(clock, half_open_calls=2)
+    calls(b, Outcome.FAILURE, 10)
+    clock.now += 1.0
+    first = b.allow()
+    b.check()  # one permit left
+    second = b.allow()
+    with pytest.raises(CircuitOpenError):
+        b.check()  # nothing left: fail fast, before any other work
+    b.record(first, Outcome.SUCCESS, 0.001)
+    b.record(second, Outcome.SUCCESS, 0.001)
+    b.check()
+    assert b.state is BreakerState.CLOSED
+
+
+async def test_attempt_watch_cuts_a_late_attempt_and_takes_the_cancel_back() -> None:
+    watch = AttemptWatch(tick_s=0.001)
+    loop = asyncio.get_running_loop()
+    never = loop.create_future()
+
+    async def late() -> str:
+        task = asyncio.current_task()
+        assert task is not None
+        watch.arm(task, loop.time() + 0.01)
+        try:
+            await never
+        except asyncio.CancelledError:
+            if watch.disarm(task):
+                assert task.cancelling() == 0  # the cancel is taken back
+                return "cut"
+            raise
+        return "finished"
+
+    assert await asyncio.wait_for(late(), 5) == "cut"
+
+
+async def test_attempt_watch_leaves_a_prompt_attempt_alone() -> None:
+    watch = AttemptWatch(tick_s=0.001)
+    task = asyncio.current_task()
+    assert task is not None
+    watch.arm(task, asyncio.get_running_loop().time() + 60)
+    await asyncio.sleep(0.005)
+    assert not watch.disarm(task)
+    await watch.aclose()
