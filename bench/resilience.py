@@ -90,6 +90,7 @@ class Harness:
         self.dsn, self.pg, self.redis, self.proxy = dsn, pg, redis, proxy
         self.cortex = PeerServer(CortexPeer(dim=16))
         self.managers: list[ServiceManager] = []
+        self.share = 1.0
 
     def settings(self, dsn: str, pool: int) -> dict[str, Any]:
         settings = load_settings("testing")
@@ -97,6 +98,7 @@ class Harness:
         settings["redis"].update(url=self.redis.url, password=self.redis.password)
         settings["mesh"]["peers"] = {"cortex": self.cortex.address}
         settings["operations"]["attempts"] = 3
+        settings["protection"]["fair_share"]["share"] = self.share
         return settings
 
     async def lake(self, dsn: str, pool: int, *, protected: bool) -> ServiceManager:
@@ -240,7 +242,7 @@ def aggregate(i: int) -> AggregatePoints:
     A heavy read of the flood tenant: a day of points into hourly buckets, from a
     start that differs per call (so no cache answers it).
     """
-    start = NOW - timedelta(days=1) + timedelta(seconds=i % 3600)
+    start = NOW - timedelta(days=1) + timedelta(microseconds=i % 10**9)
     return AggregatePoints("flood", "load", start, NOW, timedelta(hours=1))
 
 
@@ -260,6 +262,7 @@ async def fairness_round(manager: ServiceManager, n: int) -> tuple[float, float]
     async def flood() -> None:
         while not stop.is_set():
             await _settled(manager.coordinate(aggregate(next(unique))))
+            await asyncio.sleep(0)  # a client's next call comes over the network
 
     flooders = [asyncio.create_task(flood()) for _ in range(64)]
     await asyncio.sleep(0.2)
@@ -280,6 +283,8 @@ async def run(args: argparse.Namespace, pg: Endpoint, redis: Endpoint) -> None:
     proxy = ProxyThread(host, int(port)).__enter__()
     proxied = dsn.replace(host_port, proxy.address)
     h = Harness(dsn, pg, redis, proxy)
+    if args.share is not None:
+        h.share = args.share
     await h.cortex.start()
     try:
         on = await h.lake(dsn, args.pool, protected=True)
@@ -353,6 +358,12 @@ def main() -> None:
     parser.add_argument("--fair-calls", type=int, default=400)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--pool", type=int, default=10)
+    parser.add_argument(
+        "--share", type=float, default=None, help="protection.fair_share.share"
+    )
+    parser.add_argument(
+        "--only", choices=["fairness"], help="measure only this figure (iterating)"
+    )
     args = parser.parse_args()
     configure_logging("console", "ERROR")
     with bench_servers() as (pg, redis):

@@ -16,7 +16,7 @@ import asyncio
 import enum
 import time
 from functools import partial
-from typing import Any, cast, overload
+from typing import Any, overload
 
 import structlog
 
@@ -411,7 +411,9 @@ class ServiceManager:
             result = await self._dispatch(route, op)
             tracker.record(time.perf_counter() - started)
             return result
-        task = cast("asyncio.Task[object]", asyncio.current_task())
+        task = asyncio.current_task()
+        if task is None:  # not in a task: nothing to cut
+            return await self._dispatch(route, op)
         watch = self._protection.watch
         watch.arm(task, asyncio.get_running_loop().time() + limit)
         tokens = deadline.enter_attempt(limit)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = ["AdaptiveTimeout", "AttemptWatch", "TimeoutSettings"]
 
@@ -104,11 +105,11 @@ class AttemptWatch:
 
     def __init__(self, tick_s: float = 0.02) -> None:
         self._tick_s = tick_s
-        self._armed: dict[asyncio.Task[object], float] = {}
-        self._fired: set[asyncio.Task[object]] = set()
+        self._armed: dict[asyncio.Task[Any], float] = {}
+        self._fired: set[asyncio.Task[Any]] = set()
         self._watcher: asyncio.Task[None] | None = None
 
-    def arm(self, task: asyncio.Task[object], ends: float) -> None:
+    def arm(self, task: asyncio.Task[Any], ends: float) -> None:
         """
         Cancel ``task`` if it is still armed at loop time ``ends``.
         """
@@ -116,7 +117,7 @@ class AttemptWatch:
         if self._watcher is None:
             self._watcher = asyncio.get_running_loop().create_task(self._watch())
 
-    def disarm(self, task: asyncio.Task[object]) -> bool:
+    def disarm(self, task: asyncio.Task[Any]) -> bool:
         """
         Stop watching ``task``; True if it was cancelled for being late (then its
         cancellation is taken back, to be answered by the caller's own error).
