@@ -27,7 +27,7 @@ from lake.codec import Codec, cache_key
 from lake.errors import StoreUnavailableError
 from lake.ports import Cache, Database
 
-__all__ = ["CachedReads", "RedisCache", "RoutePolicy"]
+__all__ = ["CachedReads", "RedisCache", "RoutePolicy", "redis_connections"]
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
@@ -43,6 +43,22 @@ def _pool_busy(exc: BaseException) -> bool:
     return isinstance(
         exc, aioredis.ConnectionError
     ) and "No connection available" in str(exc)
+
+
+def redis_connections(client: Any) -> dict[str, int]:
+    """
+    The client's pooled connections: in use, available (idle in the pool) and the
+    most the pool opens. redis-py counts them in its pool's own collections (its
+    8.x ``get_connection_count()`` builds telemetry attributes on every call).
+    """
+    pool = getattr(client, "connection_pool", None)
+    in_use = getattr(pool, "_in_use_connections", ())
+    available = getattr(pool, "_available_connections", ())
+    return {
+        "in_use": len(in_use),
+        "available": len(available),
+        "max": int(getattr(pool, "max_connections", 0) or 0),
+    }
 
 
 @dataclass(slots=True)
@@ -361,6 +377,7 @@ class RedisCache:
             "busy": self.busy,
             "skipping": int(not self.available),
             "routes": {name: p.stats() for name, p in self.routes.items()},
+            "connections": redis_connections(self._client),
         }
 
     async def ping(self) -> str | None:

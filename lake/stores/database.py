@@ -32,6 +32,7 @@ from lake.errors import (
     StoreUnavailableError,
     ValidationError,
 )
+from lake.poolmetrics import PoolMetrics
 from lake.stores.versions import VersionReader
 from lake.validation import check_tenant
 
@@ -204,11 +205,14 @@ class Database:
         *,
         acquire_timeout: float = 2.0,
         versions: VersionReader | None = None,
+        pool_metrics: PoolMetrics | None = None,
     ) -> None:
         self._pool = pool
         self._versions = versions
         self._acquire_timeout = acquire_timeout
-        self._acquire_timeouts = 0
+        # Waiters, waits and holds (asyncpg counts none of them): see poolmetrics.
+        self._metrics = pool_metrics or PoolMetrics()
+        self._metrics.watch(pool)
         self._namespace: str | None = None
         # Rows written per table since its last ANALYZE, and its size then.
         self._written: dict[str, int] = {}
@@ -221,20 +225,27 @@ class Database:
         """
         Acquire a connection within the acquire timeout.
         """
+        metrics = self._metrics
+        started = metrics.acquiring()
         try:
             # asyncio.timeout, not acquire(timeout=): asyncpg's wait_for would start
             # a task for every acquire.
             async with asyncio.timeout(self._acquire_timeout):
                 conn = await self._pool.acquire()
         except TimeoutError:
-            self._acquire_timeouts += 1
+            metrics.timed_out()
             msg = "no database connection free in time"
             raise ResourceExhaustedError(msg) from None
-        except Exception as exc:
-            raise translate_pg_error(exc) from None
+        except BaseException as exc:
+            metrics.abandoned()
+            if isinstance(exc, Exception):
+                raise translate_pg_error(exc) from None
+            raise
+        held = metrics.acquired(started)
         try:
             yield conn
         finally:
+            metrics.released(held)
             try:
                 await self._pool.release(conn)
             except Exception:  # a lost connection: the pool replaces it
@@ -411,9 +422,11 @@ class Database:
         """
         await self._pool.expire_connections()
 
-    def metrics(self) -> dict[str, int]:
+    def metrics(self) -> dict[str, int | float]:
         """
-        The pool's size, idle and in-use counts, bounds and acquire timeouts.
+        The pool's size, idle and in-use counts and bounds; the tasks waiting, the
+        acquire timeouts, the connections created, and acquire and usage times
+        (``PoolMetrics.figures``).
         """
         size, idle = self._pool.get_size(), self._pool.get_idle_size()
         return {
@@ -422,5 +435,5 @@ class Database:
             "in_use": size - idle,
             "min_size": self._pool.get_min_size(),
             "max_size": self._pool.get_max_size(),
-            "acquire_timeouts": self._acquire_timeouts,
+            **self._metrics.figures(),
         }
