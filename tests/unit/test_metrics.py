@@ -18,6 +18,7 @@ from lake.errors import LakeError, ResourceExhaustedError, StoreError, Validatio
 from lake.histogram import Histogram
 from lake.manager import _FAILURE_KINDS, ServiceManager, _failure_kind
 from lake.metrics import (
+    MetricsPublisher,
     MetricsRegistry,
     families_from_json,
     families_to_json,
@@ -29,7 +30,9 @@ from lake.opmetrics import CODES, OperationMetrics, QuotaRejections
 from lake.poolmetrics import PoolMetrics
 from lake.resilience import RetryPolicy
 from lake.stores.database import Database
+from lake.workerstatus import StatusBoard
 from tests.fakes import FakeResourceSet, Fakes
+from tests.waiting import eventually
 
 
 def parse(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -368,3 +371,25 @@ async def test_endpoint_serves_metrics_and_refuses_the_rest():
     off = MetricsServer(MetricsRegistry(), address="")
     await off.start()
     assert off.address == ""
+
+
+async def test_listening_worker_adds_what_the_others_publish(tmp_path):
+    """Worker 1 publishes its families to the board; worker 0's scrape sums them
+    with its own."""
+    own = OperationMetrics()
+    own.record("Query", "t", 0.001, None)
+    other = OperationMetrics()
+    for _ in range(2):
+        other.record("Query", "t", 0.001, None)
+    first = StatusBoard(directory=str(tmp_path), index=0, count=2)
+    second = StatusBoard(directory=str(tmp_path), index=1, count=2)
+    publisher = MetricsPublisher(second, MetricsRegistry([other]))
+    publisher.start()
+    await eventually(lambda: (tmp_path / "metrics-1.json").exists())
+    await publisher.stop()
+    body, _ = await MetricsRegistry([own], board=first).exposition()
+    calls = (
+        "lake_operations_total",
+        frozenset({("operation", "Query"), ("code", "OK")}),
+    )
+    assert parse(body.decode())[calls] == 3
