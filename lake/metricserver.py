@@ -18,8 +18,9 @@ import gzip
 
 import structlog
 
+from lake.errors import ConfigError
 from lake.metrics import MetricsRegistry
-from lake.schema import split_host_port
+from lake.schema import listen_problem, split_host_port
 
 __all__ = ["MetricsServer"]
 
@@ -58,13 +59,21 @@ class MetricsServer:
     async def start(self) -> None:
         """
         Listen, unless the address is empty or already listening.
+
+        Raises:
+            ConfigError: the address cannot be listened on (naming why).
         """
         if not self._address or self._server is not None:
             return
         host, port = split_host_port(self._address)
-        self._server = await asyncio.start_server(
-            self._handle, host, port, limit=_MAX_HEAD, reuse_address=True
-        )
+        try:
+            self._server = await asyncio.start_server(
+                self._handle, host, port, limit=_MAX_HEAD, reuse_address=True
+            )
+        except OSError:
+            why = listen_problem(self._address) or "cannot be listened on"
+            msg = f"metrics.address {self._address} {why}"
+            raise ConfigError(msg) from None
         log.info("metrics_listening", address=self.address)
 
     async def stop(self) -> None:

@@ -14,7 +14,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.parser import text_string_to_metric_families
 
 from lake.api.errors import status_of
-from lake.errors import LakeError, ResourceExhaustedError, StoreError, ValidationError
+from lake.errors import (
+    ConfigError,
+    LakeError,
+    ResourceExhaustedError,
+    StoreError,
+    ValidationError,
+)
 from lake.histogram import Histogram
 from lake.manager import _FAILURE_KINDS, ServiceManager, _failure_kind
 from lake.metrics import (
@@ -393,3 +399,15 @@ async def test_listening_worker_adds_what_the_others_publish(tmp_path):
         frozenset({("operation", "Query"), ("code", "OK")}),
     )
     assert parse(body.decode())[calls] == 3
+
+
+async def test_endpoint_on_a_taken_port_says_so():
+    """A port another socket holds is refused with the setting's name."""
+    first = MetricsServer(MetricsRegistry(), address="127.0.0.1:0")
+    await first.start()
+    try:
+        second = MetricsServer(MetricsRegistry(), address=first.address)
+        with pytest.raises(ConfigError, match=r"metrics\.address .* already in use"):
+            await second.start()
+    finally:
+        await first.stop()
