@@ -4,13 +4,13 @@ started in order and stopped in reverse, exactly once.
 
 Start::
 
-    server.start()  (listening, NOT_SERVING)
+    server.start()  (listening, NOT_SERVING; /metrics listening too)
       -> manager.start()  (resources opened, migrated; bounded retries)
         -> server.serving(token store)  (SERVING, health monitor, token refresh)
           -> workers start  (upkeep; relay with a stream peer)
 
 Stop (also after a failed or cancelled start): workers, server (within the
-grace), manager (which closes the resources). The container builds it
+grace), /metrics, manager (which closes the resources). The container builds it
 (``Container.lake``; ``Container.migration`` is the same without a server);
 the CLI only runs it.
 """
@@ -26,6 +26,7 @@ import structlog
 from lake.api.server import LakeServer
 from lake.errors import LakeError
 from lake.manager import ServiceManager
+from lake.metricserver import MetricsServer
 from lake.tokens import TokenStore
 from lake.workers import Worker
 
@@ -47,6 +48,7 @@ class Lake:
         workers: background loops run while serving.
         grace: seconds in-flight calls get when the server stops.
         profile: the settings profile, for the ready log line.
+        metrics: the Prometheus endpoint, listening from start to stop.
     """
 
     def __init__(
@@ -58,9 +60,11 @@ class Lake:
         workers: Sequence[Worker] = (),
         grace: float = 5.0,
         profile: str = "",
+        metrics: MetricsServer | None = None,
     ) -> None:
         self.manager = manager
         self.server = server
+        self.metrics = metrics
         self._tokens = tokens
         self._workers = list(workers)
         self._grace = grace
@@ -108,12 +112,16 @@ class Lake:
             await worker.stop()
         if self.server is not None and self._listening:
             await self.server.stop(self._grace)
+        if self.metrics is not None:
+            await self.metrics.stop()
         await self.manager.stop()
 
     async def _listen(self) -> None:
         if self.server is not None:
             await self.server.start()
             self._listening = True
+        if self.metrics is not None:
+            await self.metrics.start()
 
     async def _serve(self) -> None:
         if self.server is not None:

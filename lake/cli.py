@@ -84,14 +84,14 @@ def _with_embedded(settings: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield settings
 
 
-def _require_free_port(address: str) -> None:
+def _require_free_port(address: str, key: str = "grpc.address") -> None:
     """
     Refuse, before any embedded server starts, a listen address another process
     holds (the server refuses it again when it binds).
     """
-    problem = listen_problem(address)
+    problem = listen_problem(address) if address else None
     if problem is not None:
-        msg = f"grpc.address {address} {problem}"
+        msg = f"{key} {address} {problem}"
         raise click.ClickException(msg)
 
 
@@ -141,6 +141,7 @@ def serve(ctx: click.Context) -> None:
     settings = _settings(ctx)
     _setup(settings)
     _require_free_port(settings["grpc"]["address"])
+    _require_free_port(settings["metrics"]["address"], "metrics.address")
     workers = settings["grpc"]["workers"] or os.cpu_count() or 1
     try:
         with _with_embedded(settings) as effective:

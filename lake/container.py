@@ -23,6 +23,10 @@ The composition root: the whole wiring of Lake on one page.
     manager, tokens (resolved once the resources are open) ──────────────┘
     manager ── migration (lake migrate: lake without a server or workers)
 
+    operation_metrics (manager), pool_metrics (pg_pool, database), quota_rejections,
+    cache/events sources (manager), loop lag ── metrics_sources ── metrics
+    metrics ── metrics_server (worker 0 only) ── lake;  metrics_publisher (others)
+
 ``lake`` (``lake.bootstrap.Lake``) is what ``lake serve`` runs: it starts the server,
 the manager, then the workers, and stops them in reverse, once. The manager opens
 the Resources through ``resources`` (a ``ProviderResources`` that holds only the
@@ -51,7 +55,18 @@ from lake.lag import LoopLag
 from lake.manager import ServiceManager
 from lake.mesh.client import open_mesh
 from lake.mesh.relay import OutboxRelay
+from lake.metrics import (
+    CacheSource,
+    EventsSource,
+    LoopLagSource,
+    MetricsPublisher,
+    MetricsRegistry,
+    process_source,
+)
+from lake.metricserver import MetricsServer
 from lake.models import Limits
+from lake.opmetrics import OperationMetrics, QuotaRejections
+from lake.poolmetrics import PoolMetrics
 from lake.ports import Components
 from lake.protection import (
     BreakerSettings,
@@ -89,6 +104,15 @@ T = TypeVar("T")
 
 def _has_stream(peers: dict[str, Any]) -> bool:
     return "stream" in peers
+
+
+def _metrics_address(address: str, index: int) -> str:
+    # One listener for all worker processes: worker 0 adds up the others.
+    return address if index == 0 else ""
+
+
+def _plus(chosen: Sequence[Any], extra: Any, wanted: bool) -> list[Any]:
+    return [*chosen, extra] if wanted else list(chosen)
 
 
 class ProviderResources:
@@ -165,6 +189,8 @@ class Container(containers.DeclarativeContainer):
 
     config = providers.Configuration(strict=True)
 
+    # Waiters, waits, holds and new connections of the PostgreSQL pool.
+    pool_metrics = providers.Singleton(PoolMetrics)
     pg_pool = providers.Resource(
         open_pg_pool,
         dsn=config.postgres.dsn,
@@ -176,6 +202,7 @@ class Container(containers.DeclarativeContainer):
         statement_timeout_ms=config.postgres.statement_timeout_ms,
         idle_in_transaction_timeout_ms=config.postgres.idle_in_transaction_timeout_ms,
         max_inactive_connection_lifetime=config.postgres.max_inactive_connection_lifetime,
+        metrics=pool_metrics,
     )
     redis = providers.Resource(
         open_redis,
@@ -271,6 +298,7 @@ class Container(containers.DeclarativeContainer):
         versions=versions,
         guard=protection.provided.postgres,
         gate=pg_gate,
+        pool_metrics=pool_metrics,
     )
     cache = providers.Singleton(
         RedisCache,
@@ -335,6 +363,9 @@ class Container(containers.DeclarativeContainer):
         components=components.provider,
     )
     usage = providers.Singleton(Usage)
+    operation_metrics = providers.Singleton(
+        OperationMetrics, config.metrics.tenant_labels
+    )
     loop_lag = providers.Singleton(
         LoopLag, threshold_ms=config.health.loop_lag_threshold_ms
     )
@@ -384,6 +415,21 @@ class Container(containers.DeclarativeContainer):
         loop_lag=loop_lag,
         usage=usage,
         protection=protection,
+        metrics=operation_metrics,
+    )
+
+    # --- Prometheus metrics: figures read when scraped (see lake/metrics.py) --------
+    # The quota layer counts its refusals here.
+    quota_rejections = providers.Singleton(QuotaRejections)
+    # Add a provider of an object with collect() here for more families.
+    metrics_sources = providers.List(
+        operation_metrics,
+        pool_metrics,
+        quota_rejections,
+        providers.Singleton(CacheSource, manager),
+        providers.Singleton(EventsSource, manager),
+        providers.Singleton(LoopLagSource, loop_lag),
+        providers.Singleton(process_source),
     )
 
     # --- the gRPC face -----------------------------------------------------------
@@ -421,6 +467,14 @@ class Container(containers.DeclarativeContainer):
         index=config.process.index,
         count=config.process.count,
     )
+    metrics = providers.Singleton(MetricsRegistry, metrics_sources, board=status_board)
+    metrics_server = providers.Singleton(
+        MetricsServer,
+        metrics,
+        address=providers.Callable(
+            _metrics_address, config.metrics.address, config.process.index
+        ),
+    )
     server = providers.Singleton(
         LakeServer,
         manager,
@@ -451,7 +505,8 @@ class Container(containers.DeclarativeContainer):
     status_publisher = providers.Singleton(
         StatusPublisher, status_board, server.provided.status_report
     )
-    workers = providers.Callable(
+    metrics_publisher = providers.Singleton(MetricsPublisher, status_board, metrics)
+    server_workers = providers.Callable(
         select_workers,
         upkeep,
         relay_worker,
@@ -459,6 +514,13 @@ class Container(containers.DeclarativeContainer):
         owner=providers.Callable(operator.eq, config.process.index, 0),
         publisher=status_publisher,
         publishing=providers.Callable(operator.gt, config.process.count, 1),
+    )
+    # Worker processes other than 0 hand their metrics to worker 0's listener.
+    workers = providers.Callable(
+        _plus,
+        server_workers,
+        metrics_publisher,
+        wanted=providers.Callable(operator.gt, config.process.index, 0),
     )
     lake = providers.Singleton(
         Lake,
@@ -468,6 +530,7 @@ class Container(containers.DeclarativeContainer):
         workers=workers,
         grace=config.grpc.grace,
         profile=config.profile,
+        metrics=metrics_server,
     )
     # ``lake migrate``: start-up (which migrates) and stop, with nothing served.
     migration = providers.Singleton(Lake, manager)

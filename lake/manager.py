@@ -73,6 +73,7 @@ from lake.operations import (
     WritePoints,
     WritePointsMany,
 )
+from lake.opmetrics import OperationMetrics
 from lake.ports import Components, ResourceSet
 from lake.protection import Protection
 from lake.resilience import RetryPolicy, is_transient
@@ -112,6 +113,7 @@ class ServiceManager:
             does not blame a dependency for a check the loop was too busy to hear.
         usage: counts calls, failures and latency per operation kind.
         protection: breakers, retry budgets and adaptive timeouts per dependency.
+        metrics: counts calls by status code and their durations (Prometheus).
     """
 
     def __init__(
@@ -128,6 +130,7 @@ class ServiceManager:
         loop_lag: LoopLag | None = None,
         usage: Usage | None = None,
         protection: Protection | None = None,
+        metrics: OperationMetrics | None = None,
     ) -> None:
         self._resources = resources
         self._limits = limits
@@ -143,6 +146,7 @@ class ServiceManager:
         self._components: Components | None = None
         self._health_run: asyncio.Future[HealthReport] | None = None
         self._usage = usage or Usage()
+        self._metrics = metrics or OperationMetrics()
         self._routes = ROUTES
         self._protection = protection or Protection()
         # Reads get adaptive attempt timeouts; a write cut by a guessed timeout
@@ -163,6 +167,13 @@ class ServiceManager:
         Usage so far, per operation kind.
         """
         return self._usage.operations
+
+    @property
+    def components(self) -> Components | None:
+        """
+        The running components (None unless running), for read-only figures.
+        """
+        return self._components if self._state is State.RUNNING else None
 
     @property
     def state(self) -> State:
@@ -361,9 +372,14 @@ class ServiceManager:
             except LakeError as exc:
                 failure = _failure_kind(exc)
                 raise
+            except BaseException as exc:  # the caller left, or a bug (INTERNAL)
+                cancelled = isinstance(exc, asyncio.CancelledError)
+                failure = "cancelled" if cancelled else "internal"
+                raise
             finally:
-                took_ms = (time.perf_counter() - started) * 1000.0
-                self._usage.record(name, took_ms, failure)
+                took = time.perf_counter() - started
+                self._usage.record(name, took * 1000.0, failure)
+                self._metrics.record(name, operation.tenant, took, failure)
 
     async def _bounded(self, route: Route, op: Any) -> object:
         # One bound for the whole operation, retries included: the caller's deadline

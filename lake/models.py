@@ -250,7 +250,7 @@ class ServiceStatus:
 
     state: str
     operations: Mapping[str, Any]
-    pool: Mapping[str, int] | None = None
+    pool: Mapping[str, int | float] | None = None
     cache: Mapping[str, Any] | None = None
     events_pending: int | str | None = None
     protection: Mapping[str, Any] | None = None

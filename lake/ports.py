@@ -71,7 +71,7 @@ class Database(Pingable, Protocol):
         Finish or cancel background work (table analyses) before the pool closes.
         """
 
-    def metrics(self) -> dict[str, int]:
+    def metrics(self) -> dict[str, int | float]:
         """
         Pool size, idle and in-use connections, bounds, acquire timeouts.
         """

@@ -321,7 +321,8 @@ def _check_url(value: str, schemes: tuple[str, ...], what: str) -> None:
 
 def check_addresses(values: Mapping[str, Any], profile: str) -> None:
     """
-    Check grpc.address (shape, port range, host resolves), every mesh peer, and the
+    Check grpc.address and metrics.address (shape, port range, host resolves),
+    every mesh peer, and the
     shape of postgres.dsn and redis.url, before anything starts.
 
     Raises:
@@ -341,6 +342,8 @@ def check_addresses(values: Mapping[str, Any], profile: str) -> None:
             lambda v: _check_url(v, ("redis", "rediss", "unix"), "redis"),
         ),
     ]
+    if values["metrics"]["address"]:  # empty: no metrics endpoint
+        checks.append(("metrics.address", values["metrics"]["address"], _check_listen))
     checks += [
         (f"mesh.peers.{name}", spec, _check_peer)
         for name, spec in values["mesh"]["peers"].items()

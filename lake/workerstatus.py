@@ -47,13 +47,14 @@ class StatusBoard:
         """
         return self._dir is not None and self._count > 1
 
-    def publish(self, report: Mapping[str, Any]) -> None:
+    def publish(self, report: Any, *, kind: str = "worker") -> None:
         """
-        Write this worker's figures (atomically: others never read half a file).
+        Write this worker's figures of ``kind`` (atomically: others never read
+        half a file).
         """
         if self._dir is None:
             return
-        target = self._dir / f"worker-{self._index}.json"
+        target = self._dir / f"{kind}-{self._index}.json"
         partial = target.with_suffix(".tmp")
         partial.write_text(json.dumps(report, default=str))
         os.replace(partial, target)
@@ -64,18 +65,28 @@ class StatusBoard:
         """
         if self._dir is None or not self.shared:
             return dict(own)
-        reports: list[Mapping[str, Any]] = [own]
+        reports: list[Mapping[str, Any]] = [own, *self.others()]
+        merged = merge_reports(reports)
+        merged["workers"] = {"count": self._count, "reporting": len(reports)}
+        return merged
+
+    def others(self, kind: str = "worker") -> list[Any]:
+        """
+        The other workers' latest figures of ``kind`` (those written so far).
+        """
+        found: list[Any] = []
+        if self._dir is None or not self.shared:
+            return found
         for index in range(self._count):
             if index == self._index:
                 continue
             try:
-                text = (self._dir / f"worker-{index}.json").read_text()
-                reports.append(json.loads(text))
+                found.append(
+                    json.loads((self._dir / f"{kind}-{index}.json").read_text())
+                )
             except (OSError, ValueError):
                 continue  # not written yet, or gone: the others still count
-        merged = merge_reports(reports)
-        merged["workers"] = {"count": self._count, "reporting": len(reports)}
-        return merged
+        return found
 
 
 def merge_reports(reports: list[Mapping[str, Any]]) -> dict[str, Any]:

@@ -96,7 +96,7 @@ class FakeDatabase(FakePingable):
         super().__init__()
         self.generations: dict[tuple[str, str], int] = {}
 
-    def metrics(self) -> dict[str, int]:
+    def metrics(self) -> dict[str, int | float]:
         return {"size": 1, "idle": 1, "in_use": 0}
 
     async def cache_version(self, tenant: str, scope: str) -> str:

@@ -5,6 +5,7 @@ The asyncpg pool: opened, proven and closed in one place.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -13,6 +14,7 @@ import asyncpg
 import structlog
 from pgvector.asyncpg import register_vector
 
+from lake.poolmetrics import PoolMetrics
 from lake.stores.database import translate_pg_error
 
 __all__ = ["open_pg_pool", "pg_connector"]
@@ -38,6 +40,21 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     ``set_config(..., true)``), so nothing else can outlive a transaction; the
     tenant-isolation tests check that the next user of a connection inherits none.
     """
+
+
+def _timed_connect(metrics: PoolMetrics) -> Callable[..., Awaitable[Any]]:
+    """
+    asyncpg's connect, reporting each new pooled connection and how long opening
+    it took (the pool's ``connect`` hook: nothing on the acquire path).
+    """
+
+    async def connect(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        conn = await asyncpg.connect(*args, **kwargs)
+        metrics.connected(time.perf_counter() - started)
+        return conn
+
+    return connect
 
 
 def pg_connector(
@@ -79,12 +96,15 @@ async def open_pg_pool(
     idle_in_transaction_timeout_ms: int = 10000,
     max_inactive_connection_lifetime: float = 300.0,
     close_timeout: float = 5.0,
+    metrics: PoolMetrics | None = None,
 ) -> AsyncIterator[Any]:
     """
     Open an asyncpg pool, prove it with a query, and close it on exit.
 
     The password travels apart from the DSN so that no logged DSN carries it.
+    ``metrics`` hears of every connection the pool opens.
     """
+    connect = _timed_connect(metrics) if metrics is not None else None
     try:
         pool = await asyncpg.create_pool(
             dsn=dsn,
@@ -103,6 +123,7 @@ async def open_pg_pool(
             },
             init=_init_connection,
             reset=_keep_session,
+            connect=connect,
         )
     except Exception as exc:
         raise translate_pg_error(exc) from None

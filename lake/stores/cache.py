@@ -28,7 +28,7 @@ from lake.errors import CircuitOpenError, StoreUnavailableError
 from lake.ports import Cache, Database
 from lake.protection import BreakerSettings, BreakerState, CircuitBreaker, Outcome
 
-__all__ = ["CachedReads", "RedisCache", "RoutePolicy"]
+__all__ = ["CachedReads", "RedisCache", "RoutePolicy", "redis_connections"]
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
@@ -44,6 +44,22 @@ def _pool_busy(exc: BaseException) -> bool:
     return isinstance(
         exc, aioredis.ConnectionError
     ) and "No connection available" in str(exc)
+
+
+def redis_connections(client: Any) -> dict[str, int]:
+    """
+    The client's pooled connections: in use, available (idle in the pool) and the
+    most the pool opens. redis-py counts them in its pool's own collections (its
+    8.x ``get_connection_count()`` builds telemetry attributes on every call).
+    """
+    pool = getattr(client, "connection_pool", None)
+    in_use = getattr(pool, "_in_use_connections", ())
+    available = getattr(pool, "_available_connections", ())
+    return {
+        "in_use": len(in_use),
+        "available": len(available),
+        "max": int(getattr(pool, "max_connections", 0) or 0),
+    }
 
 
 @dataclass(slots=True)
@@ -383,6 +399,7 @@ class RedisCache:
             "skipping": int(not self.available),
             "breaker": self._breaker.state.value,
             "routes": {name: p.stats() for name, p in self.routes.items()},
+            "connections": redis_connections(self._client),
         }
 
     async def ping(self) -> str | None:

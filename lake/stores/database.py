@@ -33,6 +33,7 @@ from lake.errors import (
     StoreUnavailableError,
     ValidationError,
 )
+from lake.poolmetrics import PoolMetrics
 from lake.protection import (
     BreakerSettings,
     BreakerState,
@@ -117,6 +118,15 @@ def _translated(exc: BaseException) -> LakeError:
     if state.startswith("54"):
         return ValidationError("request", "too large for the database to store")
     return StoreError("database error")
+
+
+def _gave_up(metrics: PoolMetrics, exc: BaseException) -> None:
+    # No connection in time (the pool's wait or the fair-share gate's) is an
+    # acquire timeout; anything else ended the wait early.
+    if isinstance(exc, ResourceExhaustedError):
+        metrics.timed_out()
+    else:
+        metrics.abandoned()
 
 
 def _outcome(exc: BaseException) -> Outcome:
@@ -244,6 +254,7 @@ class Database:
         versions: VersionReader | None = None,
         guard: Dependency | None = None,
         gate: FairGate | None = None,
+        pool_metrics: PoolMetrics | None = None,
     ) -> None:
         self._pool = pool
         # PostgreSQL's breaker and retry budget, and the pool's fair shares.
@@ -256,7 +267,9 @@ class Database:
         self._gate = gate
         self._versions = versions
         self._acquire_timeout = acquire_timeout
-        self._acquire_timeouts = 0
+        # Waiters, waits and holds (asyncpg counts none of them): see poolmetrics.
+        self._metrics = pool_metrics or PoolMetrics()
+        self._metrics.watch(pool)
         self._namespace: str | None = None
         # Rows written per table since its last ANALYZE, and its size then.
         self._written: dict[str, int] = {}
@@ -278,21 +291,26 @@ class Database:
         ticket = guard.breaker.allow()
         if first_attempt():
             guard.budget.deposit()
+        metrics = self._metrics
+        waiting = metrics.acquiring()
         gate = self._gate
         started = gate_taken = time.perf_counter()
         if gate is not None:
             try:
                 gate_taken = await gate.acquire(tenant)
-            except BaseException:
+            except BaseException as exc:
+                _gave_up(metrics, exc)
                 guard.breaker.record(ticket, Outcome.IGNORED, 0.0)
                 raise
         try:
             conn = await self._acquire()
         except BaseException as exc:
+            _gave_up(metrics, exc)
             if gate is not None:
                 gate.release(tenant, gate_taken)
             guard.breaker.record(ticket, _outcome(exc), time.perf_counter() - started)
             raise
+        held = metrics.acquired(waiting)
         outcome = Outcome.SUCCESS
         try:
             yield conn
@@ -300,6 +318,7 @@ class Database:
             outcome = _outcome(exc)
             raise
         finally:
+            metrics.released(held)
             try:
                 await self._pool.release(conn)
             except Exception:  # a lost connection: the pool replaces it
@@ -318,7 +337,6 @@ class Database:
         except TimeoutError:
             if deadline.attempt_expired():
                 raise  # the attempt's own timeout, not the pool's
-            self._acquire_timeouts += 1
             msg = "no database connection free in time"
             raise ResourceExhaustedError(msg) from None
         except Exception as exc:
@@ -497,27 +515,20 @@ class Database:
         """
         await self._pool.expire_connections()
 
-    def metrics(self) -> dict[str, int]:
+    def metrics(self) -> dict[str, int | float]:
         """
-        The pool's size, idle and in-use counts, bounds and acquire timeouts, and
-        the fair-share gate's waiting callers and refusals.
+        The pool's size, idle and in-use counts and bounds; the tasks waiting, the
+        acquire timeouts, the connections created, and acquire and usage times
+        (``PoolMetrics.figures``); the fair-share gate's refusals (``shed``).
         """
         size, idle = self._pool.get_size(), self._pool.get_idle_size()
-        gate = self._gate
-        waiting = (
-            {}
-            if gate is None
-            else {
-                "waiting": gate.waiting,
-                "shed": gate.rejected,
-            }
-        )
+        shed = {} if self._gate is None else {"shed": self._gate.rejected}
         return {
-            **waiting,
+            **shed,
             "size": size,
             "idle": idle,
             "in_use": size - idle,
             "min_size": self._pool.get_min_size(),
             "max_size": self._pool.get_max_size(),
-            "acquire_timeouts": self._acquire_timeouts,
+            **self._metrics.figures(),
         }

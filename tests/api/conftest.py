@@ -81,6 +81,7 @@ SERVER_OPTIONS: dict[str, tuple[str, str]] = {
     "token_refresh": ("auth", "refresh_s"),
     "max_auth_failures": ("auth", "max_failures"),
     "auth_failure_window": ("auth", "failure_window_s"),
+    "metrics_address": ("metrics", "address"),
 }
 
 

@@ -159,7 +159,10 @@ async def test_status_reports_usage_pool_cache_and_backlog(api):
         "skipping",
         "breaker",
         "routes",
+        "connections",
     }
+    assert set(status["cache"]["connections"]) == {"in_use", "available", "max"}
+    assert status["pool"]["pending"] == 0
     assert status["events_pending"] == 1  # the stream peer is down in this fixture
     # Every dependency's protection: breaker state, retry budget, timeouts.
     protection = status["protection"]

@@ -8,9 +8,11 @@ import json
 import signal
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from lake.api.auth import hash_token
 from lake.resources.embedded import free_port
@@ -36,6 +38,21 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
+def nearest_calls(metrics_address: str) -> float:
+    """FeaturesNearest calls answered OK, as one scrape of /metrics says."""
+    url = f"http://{metrics_address}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        text = reply.read().decode()
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == "lake_operations_total" and s.labels == {
+                "operation": "FeaturesNearest",
+                "code": "OK",
+            }:
+                return s.value
+    return 0.0
+
+
 def alive(pid: int) -> bool:
     try:
         status = Path(f"/proc/{pid}/status").read_text()
@@ -46,13 +63,16 @@ def alive(pid: int) -> bool:
 
 def test_two_workers_share_the_port_and_stop_together(servers, database):
     """Two worker processes serve one port; every call is answered; lake status
-    adds both up; SIGTERM stops both and the parent exits 0 with none left."""
+    adds both up, and so does /metrics (served by worker 0 alone); SIGTERM stops
+    both and the parent exits 0 with none left."""
     pg, rd = servers["postgres"], servers["redis"]
     address = f"127.0.0.1:{free_port()}"
+    metrics_address = f"127.0.0.1:{free_port()}"
     env = env_for(
         LAKE_ENV="testing",
         LAKE_GRPC__ADDRESS=address,
         LAKE_GRPC__WORKERS="2",
+        LAKE_METRICS__ADDRESS=metrics_address,
         LAKE_POSTGRES__DSN=database,
         LAKE_POSTGRES__PASSWORD=pg.password,
         LAKE_REDIS__URL=rd.url,
@@ -102,6 +122,11 @@ def test_two_workers_share_the_port_and_stop_together(servers, database):
             time.sleep(0.2)
         assert nearest.get("calls") == 40, status
         assert status["workers"] == {"count": 2, "reporting": 2}
+        for _ in range(100):  # the other worker publishes its figures every second
+            if nearest_calls(metrics_address) == 40:
+                break
+            time.sleep(0.2)
+        assert nearest_calls(metrics_address) == 40
     finally:
         code, err = stop(proc, signal.SIGTERM)
     assert code == 0, err
