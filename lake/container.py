@@ -76,6 +76,7 @@ from lake.protection import (
     Protection,
     TimeoutSettings,
 )
+from lake.protection.metrics import ProtectionSource
 from lake.resilience import RetryPolicy
 from lake.resources.postgres import open_pg_pool, pg_connector
 from lake.resources.redis import open_redis
@@ -429,6 +430,7 @@ class Container(containers.DeclarativeContainer):
         providers.Singleton(CacheSource, manager),
         providers.Singleton(EventsSource, manager),
         providers.Singleton(LoopLagSource, loop_lag),
+        providers.Singleton(ProtectionSource, protection, pg_gate),
         providers.Singleton(process_source),
     )
 

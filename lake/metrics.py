@@ -9,9 +9,8 @@ awaited (time-boxed) before each scrape, for a figure that needs a query (the
 event backlog). ``MetricsRegistry.exposition()`` renders them in the format the
 scraper asks for; ``lake.metricserver`` serves it at ``/metrics``.
 
-Adding a family (the protection layer's ``lake_breaker_state{dependency}`` and
-``lake_retries_total{dependency}``, say): give the component, or a small adapter
-over it, a ``collect()``::
+Adding a family: give the component, or a small adapter over it, a ``collect()``
+(as ``lake.protection.metrics.ProtectionSource`` does for breakers and retries)::
 
     class BreakerSource:
         def __init__(self, breakers: Breakers) -> None:
@@ -78,6 +77,8 @@ log = structlog.get_logger(__name__)
 # How worker processes' gauges combine (the default is their sum).
 GAUGE_MERGE: dict[str, Callable[[list[float]], float]] = {
     "lake_event_loop_lag_seconds": max,
+    "lake_breaker_state": max,  # the worst worker's breaker
+    "lake_attempt_timeout_seconds": max,
     "lake_events_pending": max,  # one figure of the database: worker 0 reads it
     "process_start_time_seconds": min,
     "process_max_fds": min,

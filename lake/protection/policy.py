@@ -84,6 +84,12 @@ class Dependency:
             found = self._timeouts[kind] = AdaptiveTimeout(self._timeout_settings)
         return found
 
+    def kinds(self) -> list[tuple[str, AdaptiveTimeout]]:
+        """
+        The kinds of call with an adaptive timeout so far, by name.
+        """
+        return sorted(self._timeouts.items())
+
     def snapshot(self) -> dict[str, object]:
         """
         Breaker, budget and timeouts, for ``lake status``.
@@ -175,9 +181,14 @@ class Protection:
         dependency = self.dependency_of(exc)
         return dependency is None or dependency.budget.try_spend()
 
+    def dependencies(self) -> list[Dependency]:
+        """
+        PostgreSQL, Redis and the peers called so far.
+        """
+        return [self.postgres, self.redis, *self._peers.values()]
+
     def snapshot(self) -> dict[str, object]:
         """
         Every dependency's figures, by name.
         """
-        found = [self.postgres, self.redis, *self._peers.values()]
-        return {d.name: d.snapshot() for d in found}
+        return {d.name: d.snapshot() for d in self.dependencies()}

@@ -38,6 +38,14 @@ FAMILIES = {
     "lake_events_pending": "gauge",
     "lake_event_loop_lag_seconds": "gauge",
     "lake_quota_rejections": "counter",
+    "lake_breaker_state": "gauge",
+    "lake_breaker_transitions": "counter",
+    "lake_breaker_rejected": "counter",
+    "lake_retries": "counter",
+    "lake_retries_denied": "counter",
+    "lake_attempt_timeout_seconds": "gauge",
+    "lake_attempt_timeouts": "counter",
+    "lake_pool_shed": "counter",
     "process_cpu_seconds": "counter",
 }
 
@@ -138,6 +146,18 @@ async def test_metrics_families_move_with_traffic(lake_settings):
         cpu = after.value("process_cpu_seconds_total")
         assert cpu is not None
         assert cpu > 0
+        # The protection layer: every breaker closed, a timeout per read kind.
+        for dependency in ("postgres", "redis"):
+            assert after.value("lake_breaker_state", dependency=dependency) == 0
+        assert after.value("lake_retries_total", dependency="postgres") == 0
+        assert (
+            after.value(
+                "lake_attempt_timeout_seconds",
+                dependency="postgres",
+                kind="QueryPoints",
+            )
+            is not None
+        )
 
 
 async def test_pending_counts_tasks_waiting_for_a_connection(lake_settings):
