@@ -272,6 +272,40 @@ async def fairness_round(manager: ServiceManager, n: int) -> tuple[float, float]
     return alone, loaded
 
 
+def report(
+    opens: list[tuple[float, float]],
+    recoveries: list[float],
+    amplification: list[float],
+    overhead: dict[str, list[float]],
+    cpu_ratio: dict[str, list[float]],
+) -> None:
+    p50s = [p50 * 1000 for p50, _ in opens]
+    p99s = [p99 * 1000 for _, p99 in opens]
+    print(f"  open breaker latency p50 ms      {spread(p50s, 3)}")
+    print(f"  open breaker latency p99 ms      {spread(p99s, 3)}   target <= 1")
+    back = spread(recoveries, 3)
+    print(f"  recovery after PostgreSQL s      {back}   target <= 1")
+    amp = spread(amplification, 3)
+    print(f"  peer attempts / requests         {amp}   target <= 1.2")
+    for kind, ratios in overhead.items():
+        figure = spread(ratios, 3)
+        print(f"  protection on / off ({kind:<4})     {figure}   target >= 0.95")
+    for kind, ratios in cpu_ratio.items():
+        figure = spread(ratios, 3)
+        print(f"  CPU per call off / on ({kind:<4})   {figure}")
+
+
+def fair(fairness: list[tuple[float, float]], share: float) -> None:
+    ratios = [loaded / alone for alone, loaded in fairness]
+    alone_ms = [alone * 1000 for alone, _ in fairness]
+    loaded_ms = [loaded * 1000 for _, loaded in fairness]
+    print(f"  quiet tenant p99 alone ms        {spread(alone_ms, 2)}")
+    print(
+        f"  quiet tenant p99 under flood ms  {spread(loaded_ms, 2)}   (share {share})"
+    )
+    print(f"  flooded / alone p99              {spread(ratios, 2)}   target <= 2")
+
+
 async def run(args: argparse.Namespace, pg: Endpoint, redis: Endpoint) -> None:
     admin = await asyncpg.connect(pg.url, password=pg.password or None)
     db = f"lake_res_{random.randrange(16**8):08x}"
@@ -303,6 +337,9 @@ async def run(args: argparse.Namespace, pg: Endpoint, redis: Endpoint) -> None:
         fairness: list[tuple[float, float]] = []
         unique = iter(range(10**9, 2 * 10**9))
         for _ in range(args.rounds):
+            if args.only == "fairness":
+                fairness.append(await fairness_round(on, args.fair_calls))
+                continue
             latencies, recovered = await breaker_round(faulty, proxy, args.calls)
             opens.append((pct(latencies, 0.5), pct(latencies, 0.99)))
             recoveries.append(recovered)
@@ -314,28 +351,9 @@ async def run(args: argparse.Namespace, pg: Endpoint, redis: Endpoint) -> None:
             fairness.append(await fairness_round(on, args.fair_calls))
 
         print(f"\nresilience, {args.rounds} rounds: median (min-max)")
-        p50s = [p50 * 1000 for p50, _ in opens]
-        p99s = [p99 * 1000 for _, p99 in opens]
-        print(f"  open breaker latency p50 ms      {spread(p50s, 3)}")
-        print(f"  open breaker latency p99 ms      {spread(p99s, 3)}   target <= 1")
-        print(
-            f"  recovery after PostgreSQL s      {spread(recoveries, 3)}   target <= 1"
-        )
-        amp = spread(amplification, 3)
-        print(f"  peer attempts / requests         {amp}   target <= 1.2")
-        for kind, ratios in overhead.items():
-            figure = spread(ratios, 3)
-            print(f"  protection on / off ({kind:<4})     {figure}   target >= 0.95")
-        for kind, ratios in cpu_ratio.items():
-            figure = spread(ratios, 3)
-            print(f"  CPU per call off / on ({kind:<4})   {figure}")
-        ratios = [loaded / alone for alone, loaded in fairness]
-        alone_ms = [alone * 1000 for alone, _ in fairness]
-        loaded_ms = [loaded * 1000 for _, loaded in fairness]
-        print(f"  quiet tenant p99 alone ms        {spread(alone_ms, 2)}")
-        print(f"  quiet tenant p99 under flood ms  {spread(loaded_ms, 2)}")
-        print(f"  flooded / alone p99              {spread(ratios, 2)}   target <= 2")
-        print(f"  (median of medians: {statistics.median(ratios):.2f})")
+        if args.only != "fairness":
+            report(opens, recoveries, amplification, overhead, cpu_ratio)
+        fair(fairness, h.share)
     finally:
         await h.close()
         await h.cortex.stop(None)
