@@ -90,7 +90,7 @@ class Harness:
         self.dsn, self.pg, self.redis, self.proxy = dsn, pg, redis, proxy
         self.cortex = PeerServer(CortexPeer(dim=16))
         self.managers: list[ServiceManager] = []
-        self.share = 1.0
+        self.share: float | None = None  # the configured default
 
     def settings(self, dsn: str, pool: int) -> dict[str, Any]:
         settings = load_settings("testing")
@@ -98,7 +98,8 @@ class Harness:
         settings["redis"].update(url=self.redis.url, password=self.redis.password)
         settings["mesh"]["peers"] = {"cortex": self.cortex.address}
         settings["operations"]["attempts"] = 3
-        settings["protection"]["fair_share"]["share"] = self.share
+        if self.share is not None:
+            settings["protection"]["fair_share"]["share"] = self.share
         return settings
 
     async def lake(self, dsn: str, pool: int, *, protected: bool) -> ServiceManager:
@@ -295,14 +296,13 @@ def report(
         print(f"  CPU per call off / on ({kind:<4})   {figure}")
 
 
-def fair(fairness: list[tuple[float, float]], share: float) -> None:
+def fair(fairness: list[tuple[float, float]], share: float | None) -> None:
     ratios = [loaded / alone for alone, loaded in fairness]
     alone_ms = [alone * 1000 for alone, _ in fairness]
     loaded_ms = [loaded * 1000 for _, loaded in fairness]
     print(f"  quiet tenant p99 alone ms        {spread(alone_ms, 2)}")
-    print(
-        f"  quiet tenant p99 under flood ms  {spread(loaded_ms, 2)}   (share {share})"
-    )
+    under = spread(loaded_ms, 2)
+    print(f"  quiet tenant p99 under flood ms  {under}   (share {share or 'default'})")
     print(f"  flooded / alone p99              {spread(ratios, 2)}   target <= 2")
 
 

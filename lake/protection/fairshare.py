@@ -10,9 +10,10 @@ flood's. A tenant may also be capped at ``share`` of the capacity outright.
 
 Waiting is refused at once (RESOURCE_EXHAUSTED with a pushback) instead of queued
 when the tenant already has ``max_queue_per_tenant`` callers waiting, or when the
-expected wait (queue position x mean hold time / capacity) would outlast the
-caller's deadline; a queued caller that is not served within ``wait_s`` (the pool's
-acquire timeout) or its deadline gives up with the same error.
+expected wait (its place in the tenant's queue x mean hold time / the tenant's
+cap) would outlast the caller's deadline; a queued caller that is not served
+within ``wait_s`` (the pool's acquire timeout) or its deadline gives up with the
+same error.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ class GateSettings:
     """
 
     capacity: int = 10
-    share: float = 1.0
-    max_queue_per_tenant: int = 64
+    share: float = 0.5
+    max_queue_per_tenant: int = 256
     wait_s: float = 2.0
 
 
@@ -107,7 +108,8 @@ class FairGate:
     async def _wait(self, tenant: str) -> float:
         queue = self._queues.get(tenant)
         queued = 0 if queue is None else len(queue)
-        expected = (self.waiting + 1) * self._hold_s / self.capacity
+        # At best this tenant's queue drains at its cap's pace.
+        expected = (queued + 1) * self._hold_s / min(self._cap, self.capacity)
         if queued >= self.settings.max_queue_per_tenant:
             msg = "too many calls of this tenant waiting"
             raise self._refuse(msg, expected)

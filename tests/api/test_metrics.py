@@ -173,15 +173,16 @@ async def test_pending_counts_tasks_waiting_for_a_connection(lake_settings):
         held = 0
         release = asyncio.Event()
 
-        async def hold() -> None:
+        async def hold(tenant: str) -> None:
             nonlocal held
-            async with database.connection():
+            # One tenant may hold half the pool (fair shares): two tenants fill it.
+            async with database.connection(tenant):
                 held += 1
                 await release.wait()
 
-        holders = [asyncio.create_task(hold()) for _ in range(2)]
+        holders = [asyncio.create_task(hold(t)) for t in ("a", "b")]
         await eventually(lambda: held == 2)
-        waiter = asyncio.create_task(hold())
+        waiter = asyncio.create_task(hold("c"))
         await eventually(lambda: database.metrics()["pending"] >= 1)
 
         busy = await scrape(lake.metrics.address)

@@ -104,15 +104,16 @@ async def test_health_measures_the_database_not_the_pool_queue(lake_settings):
     held = asyncio.Event()
     holders = 0
 
-    async def hold() -> None:
+    async def hold(tenant: str) -> None:
         nonlocal holders
-        async with database.connection():
+        # One tenant may hold half the pool (fair shares): two tenants fill it.
+        async with database.connection(tenant):
             holders += 1
             if holders == 2:
                 held.set()
             await release.wait()
 
-    tasks = [asyncio.create_task(hold()) for _ in range(2)]
+    tasks = [asyncio.create_task(hold(t)) for t in ("a", "b")]
     try:
         await held.wait()  # both pooled connections are taken
         report = await manager.health()

@@ -247,7 +247,7 @@ def test_timed_out_attempts_raise_the_estimate_until_calls_fit() -> None:
 
 
 async def test_fair_gate_serves_a_second_tenant_before_a_floods_backlog() -> None:
-    gate = FairGate(GateSettings(capacity=2, wait_s=5.0))
+    gate = FairGate(GateSettings(capacity=2, share=1.0, wait_s=5.0))
     held = [await gate.acquire("flood") for _ in range(2)]
     order: list[str] = []
 
@@ -271,7 +271,9 @@ async def test_fair_gate_serves_a_second_tenant_before_a_floods_backlog() -> Non
 
 
 async def test_fair_gate_refuses_at_once_past_the_queue_or_the_deadline() -> None:
-    gate = FairGate(GateSettings(capacity=1, max_queue_per_tenant=1, wait_s=5.0))
+    gate = FairGate(
+        GateSettings(capacity=1, share=1.0, max_queue_per_tenant=1, wait_s=5.0)
+    )
     taken = await gate.acquire("a")
     waiter = asyncio.create_task(gate.acquire("a"))
     await asyncio.sleep(0)
@@ -287,7 +289,7 @@ async def test_fair_gate_refuses_at_once_past_the_queue_or_the_deadline() -> Non
 
 
 async def test_fair_gate_wait_ends_with_resource_exhausted() -> None:
-    gate = FairGate(GateSettings(capacity=1, wait_s=0.01))
+    gate = FairGate(GateSettings(capacity=1, share=1.0, wait_s=0.01))
     taken = await gate.acquire("a")
     with pytest.raises(ResourceExhaustedError):
         await gate.acquire("b")
