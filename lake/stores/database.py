@@ -227,6 +227,12 @@ class Database:
             async with asyncio.timeout(self._acquire_timeout):
                 conn = await self._pool.acquire()
         except TimeoutError:
+            if not self._pool_full():
+                # A slot was free but its connect got no answer in time (a silent
+                # or overloaded server): the database is unavailable, not Lake busy.
+                msg = "database did not answer in time"
+                error = StoreUnavailableError(msg).with_detail("connect timeout")
+                raise error from None
             self._acquire_timeouts += 1
             msg = "no database connection free in time"
             raise ResourceExhaustedError(msg) from None
@@ -240,6 +246,14 @@ class Database:
             except Exception:  # a lost connection: the pool replaces it
                 with contextlib.suppress(Exception):
                     conn.terminate()
+
+    def _pool_full(self) -> bool:
+        # Every connection of the pool is connected and lent out.
+        try:
+            in_use = self._pool.get_size() - self._pool.get_idle_size()
+            return bool(in_use >= self._pool.get_max_size())
+        except AttributeError:  # a pool without size figures: assume it is
+            return True
 
     @asynccontextmanager
     async def transaction(
