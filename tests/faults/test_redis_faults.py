@@ -111,7 +111,7 @@ async def test_f14_no_stale_value_after_redis_was_down_during_an_update(
         got = await values(lake)
         stale += got != [2.0]
         await cache.drain()
-        return cache.hits > hits
+        return bool(cache.hits > hits)
 
     await eventually(hit_again, within=5, every=0.05)
     assert stale == 0
