@@ -24,6 +24,7 @@ import structlog
 
 from lake import deadline
 from lake.errors import (
+    AbortedError,
     ConflictError,
     DeadlineExceededError,
     LakeError,
@@ -89,6 +90,8 @@ def _translated(exc: BaseException) -> LakeError:
         return StoreUnavailableError("database is unavailable")
     if state == "57014":
         return DeadlineExceededError("database statement timed out")
+    if state == "55P03":  # lock_not_available: an operator's lock_timeout ran out
+        return AbortedError("database gave up waiting for a lock")
     if state.startswith("28"):
         return StoreError("database rejected the credentials")
     if state == "3D000":

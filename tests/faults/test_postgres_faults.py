@@ -331,3 +331,29 @@ async def test_f11_cancelled_queries_leave_no_tenant_behind(
         role = await pooled.fetchval("SELECT current_user")
     assert tenant_left in (None, "")
     assert role != "lake_app"
+
+
+async def test_f09_lock_timeout_is_aborted_and_not_retried(
+    lake, database, servers, proxied_container
+):
+    """A lock_timeout set by the operator (here on the database) that a write runs
+    into: ABORTED, tried once, and the connection is fine afterwards."""
+    await write(lake, 0)
+    conn = await admin(database, servers)
+    try:
+        await conn.execute(
+            f'ALTER DATABASE "{database.rsplit("/", 1)[1]}" SET lock_timeout = 100'
+        )
+        db = await aresolve(proxied_container.database)
+        await db.refresh_connections()  # new sessions pick the setting up
+        tx = conn.transaction()
+        await tx.start()
+        await conn.execute("LOCK TABLE ts_data IN ACCESS EXCLUSIVE MODE")
+        code, took = await timed_failure(lambda: write(lake, 1), 5.0)
+        await tx.rollback()
+    finally:
+        await conn.close()
+    assert code == grpc.StatusCode.ABORTED
+    assert took < 5.0  # the lock timeout ended it, not the deadline
+    await write(lake, 2)
+    assert at(1) not in await stored(lake)
