@@ -30,20 +30,21 @@ SLACK = 2.0
 
 
 class ScriptedCortex(CortexPeer):
-    """Cortex that answers UNAVAILABLE to its first ``failures`` calls (all of
-    them with -1), counting every call."""
+    """Cortex that answers ``code`` (UNAVAILABLE) to its first ``failures`` calls
+    (all of them with -1), counting every call."""
 
     def __init__(self, failures: int = 0) -> None:
         super().__init__(dim=8)
         self.failures = failures
         self.calls = 0
+        self.code = grpc.StatusCode.UNAVAILABLE
 
     async def Embed(
         self, request: peers_pb2.EmbedRequest, context: Any
     ) -> peers_pb2.EmbedResponse:
         self.calls += 1
         if self.failures < 0 or self.calls <= self.failures:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "scripted failure")
+            await context.abort(self.code, "scripted failure")
         return await super().Embed(request, context)
 
 
@@ -130,11 +131,14 @@ async def test_f15_silent_or_slow_peer_gets_no_more_than_the_callers_time(
 # --- F16/F17: peer failing ------------------------------------------------------------
 
 
-async def test_f16_peer_unavailable_k_times_bounded_attempts(meshed, scripted):
-    """UNAVAILABLE twice, then fine: the request succeeds on Lake's own retries
-    (no channel retries on top), three calls at the peer."""
+@pytest.mark.parametrize(
+    "code", [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED]
+)
+async def test_f16_peer_failing_k_times_bounded_attempts(meshed, scripted, code):
+    """UNAVAILABLE (or RESOURCE_EXHAUSTED) twice, then fine: the request succeeds
+    on Lake's own retries (no channel retries on top), three calls at the peer."""
     peer = scripted.peer
-    peer.failures, peer.calls = 2, 0
+    peer.failures, peer.calls, peer.code = 2, 0, code
     with deadline_scope(5.0):
         assert await meshed.coordinate(search()) is not None
     assert peer.calls == 3
