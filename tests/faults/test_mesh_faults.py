@@ -128,6 +128,25 @@ async def test_f15_silent_or_slow_peer_gets_no_more_than_the_callers_time(
     assert scripted.peer.deadlines[0] <= 1.0  # mesh.call_timeout without a deadline
 
 
+async def test_f15_peer_reply_cut_is_retried_or_unavailable(meshed, peer_proxy):
+    """The peer's connection cut mid-reply: the request is retried on a new
+    connection and succeeds, or ends UNAVAILABLE; never a wrong answer."""
+    await meshed.coordinate(search())
+    outcomes = set()
+    for n in range(5):
+        peer_proxy.cut_after(10 + 13 * n, once=True)
+        try:
+            with deadline_scope(3.0):
+                matches = await meshed.coordinate(search(n))
+        except LakeError as exc:
+            outcomes.add(status_of(exc)[0])
+        else:
+            assert matches == []  # nothing stored in "notes": an empty, whole answer
+            outcomes.add(grpc.StatusCode.OK)
+    assert outcomes <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}
+    assert peer_proxy.stats.cuts >= 1
+
+
 # --- F16/F17: peer failing ------------------------------------------------------------
 
 

@@ -10,6 +10,7 @@ all there afterwards, once each.
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
 from datetime import datetime, timedelta
 from functools import partial
@@ -19,7 +20,7 @@ import grpc
 import pytest
 
 from lake.api.errors import status_of
-from lake.container import aresolve
+from lake.container import aresolve, create_container
 from lake.deadline import deadline_scope
 from lake.errors import LakeError
 from lake.health import Status
@@ -126,6 +127,23 @@ async def test_f04_blackholed_postgres_every_call_ends_within_its_deadline(
     assert metrics["size"] <= metrics["max_size"]
 
 
+async def test_f04_stop_with_postgres_silent_ends_within_the_grace(
+    proxied_settings, pg_proxy
+):
+    """Stopping while PostgreSQL is black-holed: the pool's goodbye gets no answer,
+    yet stop() ends within the grace (connections terminated, nothing unclosed)."""
+    settings = copy.deepcopy(proxied_settings)
+    settings["grpc"]["grace"] = 1.0
+    manager = await aresolve(create_container(settings).manager)
+    await manager.start()
+    await write(manager, 0)
+    pg_proxy.blackhole()
+    started = time.monotonic()
+    await manager.stop()
+    assert time.monotonic() - started < 1.0 + SLACK
+    pg_proxy.clear()
+
+
 # --- F5: slow PostgreSQL --------------------------------------------------------------
 
 
@@ -142,6 +160,24 @@ async def test_f05_slow_postgres_calls_still_succeed_within_deadline(lake, pg_pr
     # read pays that before falling back to the pool. adaptive timeouts: its timeout
     # should follow the measured latency.
     pg_proxy.clear()
+
+
+async def test_f05_bandwidth_capped_postgres_big_read_ends_within_deadline(
+    lake, pg_proxy
+):
+    """A 20 kB/s link and a page of 3,000 points (several seconds to transfer): the
+    read ends DEADLINE_EXCEEDED within its deadline + slack; uncapped, the same
+    read succeeds on the pool again."""
+    await lake.coordinate(
+        WritePoints("t1", "m", [Point(at(i), float(i)) for i in range(3000)])
+    )
+    pg_proxy.bandwidth(20_000, direction="down")
+    code, took = await timed_failure(lambda: stored(lake, limit=5000), 1.0)
+    assert code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE)
+    assert took < 1.0 + SLACK
+    pg_proxy.clear()
+    with deadline_scope(5.0):
+        assert len(await stored(lake, limit=5001)) == 3000
 
 
 # --- F6: RST during writes ------------------------------------------------------------

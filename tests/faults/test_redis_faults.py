@@ -13,7 +13,7 @@ from datetime import timedelta
 import pytest
 import redis.asyncio as aioredis
 
-from lake.container import aresolve
+from lake.container import aresolve, create_container
 from lake.health import Status
 from lake.operations import Point, QueryPoints, WritePoints
 from tests.faults.conftest import T0
@@ -40,11 +40,11 @@ async def timed_reads(lake, expected: list[float], n: int = 10) -> list[float]:
     return took
 
 
-@pytest.mark.parametrize("fault", ["down", "blackhole", "slow"])
+@pytest.mark.parametrize("fault", ["down", "blackhole", "slow", "cut"])
 async def test_f12_redis_faults_reads_still_served_from_postgres(
     lake, redis_proxy, proxied_settings, fault
 ):
-    """Redis refused, silent, or 2 s slow: every read still succeeds from
+    """Redis refused, silent, 2 s slow, or every reply cut: every read succeeds from
     PostgreSQL, each adds at most about the cache timeout, and Lake stays ready
     (redis is not critical)."""
     await lake.coordinate(WritePoints("t1", "m", [Point(T0, 1.0)]))
@@ -53,8 +53,10 @@ async def test_f12_redis_faults_reads_still_served_from_postgres(
         await redis_proxy.disable()
     elif fault == "blackhole":
         redis_proxy.blackhole()
-    else:
+    elif fault == "slow":
         redis_proxy.latency(2000)
+    else:
+        redis_proxy.cut_after(3, once=False)
     await lake.coordinate(WritePoints("t1", "m", [Point(T0, 2.0)]))
     took = await timed_reads(lake, [2.0])
     assert max(took) < proxied_settings["cache"]["timeout"] + SLACK, took
@@ -115,3 +117,19 @@ async def test_f14_no_stale_value_after_redis_was_down_during_an_update(
 
     await eventually(hit_again, within=5, every=0.05)
     assert stale == 0
+
+
+async def test_f12_lake_starts_with_redis_silent(proxied_settings, redis_proxy):
+    """Redis black-holed from the start: Lake starts (Redis is a cache), serves,
+    and stops without waiting on it."""
+    redis_proxy.blackhole()
+    manager = await aresolve(create_container(proxied_settings).manager)
+    await manager.start()
+    try:
+        await manager.coordinate(WritePoints("t1", "m", [Point(T0, 1.0)]))
+        assert await values(manager) == [1.0]
+        assert (await manager.health()).ready
+    finally:
+        started = time.monotonic()
+        await manager.stop()
+        assert time.monotonic() - started < proxied_settings["grpc"]["grace"] + 2
