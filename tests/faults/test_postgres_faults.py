@@ -25,6 +25,7 @@ from lake.deadline import deadline_scope
 from lake.errors import LakeError
 from lake.health import Status
 from lake.operations import Point, QueryPoints, WritePoints
+from lake.resources.embedded import free_port
 from tests.faults.conftest import T0
 from tests.waiting import eventually
 
@@ -66,25 +67,31 @@ async def admin(database: str, servers):
 # --- F2: PostgreSQL down --------------------------------------------------------------
 
 
-async def test_f02_postgres_down_unavailable_within_deadline(lake, pg_proxy):
-    """Refused and reset: every call gets UNAVAILABLE within its deadline, with at
-    most operations.attempts connection attempts each; health is DOWN, not ready;
-    after the proxy is back the same Lake serves again."""
+async def test_f02_postgres_down_unavailable_within_deadline(
+    lake, pg_proxy, proxied_settings
+):
+    """PostgreSQL gone (open connections reset, new ones refused): every call gets
+    UNAVAILABLE within its deadline after at most operations.attempts connection
+    attempts; health is DOWN, not ready; once it is back the same Lake serves."""
     await write(lake, 0)
-    await pg_proxy.disable()
-    before = pg_proxy.stats.connections  # refused connections never reach the proxy
-    for i in range(5):
+    real = pg_proxy.upstream
+    pg_proxy.upstream = ("127.0.0.1", free_port())  # the proxy counts each attempt
+    pg_proxy.reset()
+    before = pg_proxy.stats.refused
+    calls = 5
+    for i in range(1, calls + 1):
         code, took = await timed_failure(lambda i=i: write(lake, i), 1.0)
         assert code == grpc.StatusCode.UNAVAILABLE
         assert took < 1.0 + SLACK
-    assert pg_proxy.stats.connections == before
+    attempts = pg_proxy.stats.refused - before
+    assert calls <= attempts <= calls * proxied_settings["operations"]["attempts"]
     report = await lake.health()
     assert report.component("postgres").status is Status.DOWN
     assert not report.ready
-    # breaker: after the minimum number of calls the postgres breaker is OPEN, the
-    # next call fails in about a millisecond with a retry pushback, and health says
-    # "circuit open".
-    await pg_proxy.enable()
+    # breaker: after the minimum number of calls the postgres breaker is OPEN: the
+    # next calls fail in about a millisecond with a retry pushback and make no
+    # connection attempt (attempts stop growing), and health says "circuit open".
+    pg_proxy.upstream = real
     await eventually(lambda: _succeeds(lake, 99), within=5)
     assert (await lake.health()).ready
 
