@@ -1,7 +1,7 @@
 """
-Lake over fault proxies: PostgreSQL, Redis and the cortex peer each reached through a
-``FaultProxy`` on loopback, so a test can slow, cut, black-hole or refuse any of them
-while Lake runs in the test's own loop.
+Lake over fault proxies: PostgreSQL and Redis each reached through a ``FaultProxy``
+on loopback (the mesh tests put one before their peer too), so a test can slow,
+cut, black-hole or refuse any of them while Lake runs in the test's own loop.
 
 Each test gets a fresh database (``database``), its own proxies and short bounds
 (``FAST``): deadlines of a second or two, so a hang shows as a failure, not a stall.
@@ -19,7 +19,6 @@ import pytest
 
 from lake.container import Container, aresolve, create_container
 from lake.manager import ServiceManager
-from lake.mesh.peers import CortexPeer, PeerServer
 from tests.faults.proxy import FaultProxy
 
 # Inside the retention window whatever day the tests run.
@@ -61,20 +60,6 @@ async def pg_proxy(servers) -> AsyncIterator[FaultProxy]:
 @pytest.fixture
 async def redis_proxy(servers) -> AsyncIterator[FaultProxy]:
     async with FaultProxy(*host_port(servers["redis"].url)) as proxy:
-        yield proxy
-
-
-@pytest.fixture
-async def cortex() -> AsyncIterator[PeerServer]:
-    server = PeerServer(CortexPeer(dim=8))
-    await server.start()
-    yield server
-    await server.stop(None)
-
-
-@pytest.fixture
-async def cortex_proxy(cortex) -> AsyncIterator[FaultProxy]:
-    async with FaultProxy(*host_port(f"grpc://{cortex.address}")) as proxy:
         yield proxy
 
 
