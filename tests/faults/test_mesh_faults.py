@@ -172,6 +172,7 @@ async def test_f17_peer_always_unavailable_amplification_is_bounded(meshed, scri
     for n in range(requests):
         code, _ = await failing(meshed, n, 2.0)
         assert code == grpc.StatusCode.UNAVAILABLE
-    assert requests <= peer.calls <= 3 * requests
+    # At least one call reached the peer (an open breaker may spare the rest).
+    assert 1 <= peer.calls <= 3 * requests
     # breaker: with the cortex breaker OPEN and a retry budget, peer.calls /
     # requests <= 1.2 over a longer run (F17's target).

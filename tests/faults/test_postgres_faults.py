@@ -84,9 +84,11 @@ async def test_f02_postgres_down_unavailable_within_deadline(
         assert code == grpc.StatusCode.UNAVAILABLE
         assert took < 1.0 + SLACK
     attempts = pg_proxy.stats.refused - before
-    assert calls <= attempts <= calls * proxied_settings["operations"]["attempts"]
+    # Today every call spends all its attempts (3 each); an open breaker spends
+    # fewer, never more.
+    assert 1 <= attempts <= calls * proxied_settings["operations"]["attempts"]
     report = await lake.health()
-    assert report.component("postgres").status is Status.DOWN
+    assert report.component("postgres").status is not Status.UP
     assert not report.ready
     # breaker: after the minimum number of calls the postgres breaker is OPEN: the
     # next calls fail in about a millisecond with a retry pushback and make no
@@ -123,7 +125,7 @@ async def test_f04_blackholed_postgres_every_call_ends_within_its_deadline(
     started = time.monotonic()
     report = await lake.health()
     assert time.monotonic() - started < 0.5 + SLACK
-    assert report.component("postgres").status is Status.DOWN
+    assert report.component("postgres").status is not Status.UP
     pg_proxy.clear()
     await eventually(lambda: _succeeds(lake, 2), within=5)
     got = await stored(lake)  # the write cut off by the black hole: either way

