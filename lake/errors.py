@@ -12,6 +12,7 @@ One error tree for every deliberate failure in Lake.
     ├─ StoreError(LakeError)
     │  ├─ NotFoundError                         the named thing does not exist
     │  ├─ ConflictError                         the write contradicts what is stored
+    │  ├─ AbortedError                          gave up waiting for a lock; not retried
     │  └─ UnsupportedError                      the server lacks a capability (pgvector)
     ├─ MeshError(LakeError)                     a peer answered with an error
     └─ TransientError(LakeError)                retry-safe; paired with a domain base
@@ -32,6 +33,7 @@ from __future__ import annotations
 from typing import Self
 
 __all__ = [
+    "AbortedError",
     "CircuitOpenError",
     "ConfigError",
     "ConflictError",
@@ -126,6 +128,13 @@ class NotFoundError(StoreError):
 class ConflictError(StoreError):
     """
     The write contradicts what is already stored.
+    """
+
+
+class AbortedError(StoreError):
+    """
+    The database gave up waiting for a lock another transaction holds (an
+    operator's ``lock_timeout``); the caller may try again later.
     """
 
 

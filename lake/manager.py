@@ -22,6 +22,7 @@ import structlog
 
 from lake import deadline
 from lake.errors import (
+    AbortedError,
     ConflictError,
     DeadlineExceededError,
     LakeError,
@@ -535,6 +536,7 @@ _FAILURE_KINDS: list[tuple[type[LakeError], str]] = [
     (ValidationError, "invalid_argument"),
     (NotFoundError, "not_found"),
     (ConflictError, "conflict"),
+    (AbortedError, "aborted"),
     (UnsupportedError, "unsupported"),
     (DeadlineExceededError, "deadline_exceeded"),
     (ResourceExhaustedError, "resource_exhausted"),

@@ -14,6 +14,7 @@ import grpc
 import structlog
 
 from lake.errors import (
+    AbortedError,
     ConflictError,
     DeadlineExceededError,
     LakeError,
@@ -33,6 +34,7 @@ _CODES: list[tuple[type[LakeError], grpc.StatusCode]] = [
     (ValidationError, grpc.StatusCode.INVALID_ARGUMENT),
     (NotFoundError, grpc.StatusCode.NOT_FOUND),
     (ConflictError, grpc.StatusCode.ALREADY_EXISTS),
+    (AbortedError, grpc.StatusCode.ABORTED),
     (UnsupportedError, grpc.StatusCode.FAILED_PRECONDITION),
     (DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
     (ResourceExhaustedError, grpc.StatusCode.RESOURCE_EXHAUSTED),

@@ -24,6 +24,7 @@ import structlog
 
 from lake import deadline
 from lake.errors import (
+    AbortedError,
     CircuitOpenError,
     ConflictError,
     DeadlineExceededError,
@@ -101,6 +102,8 @@ def _translated(exc: BaseException) -> LakeError:
         return StoreUnavailableError("database is unavailable")
     if state == "57014":
         return DeadlineExceededError("database statement timed out")
+    if state == "55P03":  # lock_not_available: an operator's lock_timeout ran out
+        return AbortedError("database gave up waiting for a lock")
     if state.startswith("28"):
         return StoreError("database rejected the credentials")
     if state == "3D000":
@@ -337,10 +340,24 @@ class Database:
         except TimeoutError:
             if deadline.attempt_expired():
                 raise  # the attempt's own timeout, not the pool's
+            if not self._pool_full():
+                # A slot was free but its connect got no answer in time (a silent
+                # or overloaded server): the database is unavailable, not Lake busy.
+                msg = "database did not answer in time"
+                error = StoreUnavailableError(msg).with_detail("connect timeout")
+                raise error from None
             msg = "no database connection free in time"
             raise ResourceExhaustedError(msg) from None
         except Exception as exc:
             raise translate_pg_error(exc) from None
+
+    def _pool_full(self) -> bool:
+        # Every connection of the pool is connected and lent out.
+        try:
+            in_use = self._pool.get_size() - self._pool.get_idle_size()
+            return bool(in_use >= self._pool.get_max_size())
+        except AttributeError:  # a pool without size figures: assume it is
+            return True
 
     @asynccontextmanager
     async def transaction(

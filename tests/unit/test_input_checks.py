@@ -165,6 +165,20 @@ def test_a_program_limit_is_invalid_argument():
     assert "5496" not in str(error)
 
 
+def test_a_lock_timeout_is_aborted_not_internal():
+    """SQLSTATE 55P03 (an operator's lock_timeout ran out) is ABORTED and not
+    retried; it used to be INTERNAL ("database error")."""
+    from lake.errors import AbortedError
+    from lake.resilience import is_transient
+
+    exc = asyncpg.exceptions.LockNotAvailableError("canceling statement: lock")
+    error = translate_pg_error(exc)
+    assert isinstance(error, AbortedError)
+    assert error.detail == "sqlstate 55P03 (lock_not_available)"
+    assert status_of(error)[0] is grpc.StatusCode.ABORTED
+    assert not is_transient(error)
+
+
 def test_a_tag_cap_past_the_btree_row_is_a_config_error(monkeypatch):
     """limits.max_tags_bytes above 2,048 would let PostgreSQL refuse rows: refused."""
     monkeypatch.setenv("LAKE_LIMITS__MAX_TAGS_BYTES", "5000")

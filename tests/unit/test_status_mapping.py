@@ -10,6 +10,7 @@ from structlog.testing import capture_logs
 
 from lake.api.errors import status_of
 from lake.errors import (
+    AbortedError,
     ConflictError,
     DeadlineExceededError,
     LifecycleError,
@@ -30,6 +31,7 @@ from lake.errors import (
         (ValidationError("k", "must lie in [1, 10]"), grpc.StatusCode.INVALID_ARGUMENT),
         (NotFoundError("collection 'x' does not exist"), grpc.StatusCode.NOT_FOUND),
         (ConflictError("exists with another shape"), grpc.StatusCode.ALREADY_EXISTS),
+        (AbortedError("gave up waiting for a lock"), grpc.StatusCode.ABORTED),
         (UnsupportedError("pgvector missing"), grpc.StatusCode.FAILED_PRECONDITION),
         (DeadlineExceededError("deadline exceeded"), grpc.StatusCode.DEADLINE_EXCEEDED),
         (StoreUnavailableError("database refused"), grpc.StatusCode.UNAVAILABLE),
