@@ -5,10 +5,10 @@ caller's remaining deadline.
 Each tracker keeps the last ``samples`` latencies of one dependency and operation
 kind in a ring and recomputes its p99 every ``every`` samples (a sort of 256
 floats, ~10 us, so ~0.3 us a call). Until ``warmup`` samples are in, the ceiling
-applies. An attempt that timed out is recorded at its timeout, so when the
-dependency slows down the estimate climbs (by up to ``multiplier`` each
-recomputation) until calls fit again, and falls back once it is fast again: after
-``samples`` calls the old figures are gone.
+applies. An attempt that timed out is recorded at its timeout and raises the timeout
+to ``multiplier`` times that at once, so when the dependency slows down the
+timeout climbs with every cut until calls fit again, and falls back once it is
+fast again: after ``samples`` calls the old figures are gone.
 """
 
 from __future__ import annotations
@@ -63,17 +63,27 @@ class AdaptiveTimeout:
             self._i = (self._i + 1) % s.samples
         self._count += 1
         if self._count % s.every == 0 and len(self._ring) >= s.warmup:
-            ordered = sorted(self._ring)
-            self.p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
-            wanted = s.multiplier * self.p99
-            self._timeout = min(s.ceiling_s, max(s.floor_s, wanted))
+            self._recompute()
 
     def timed_out(self, seconds: float) -> None:
         """
-        An attempt ran out its timeout of ``seconds``: counted at that latency.
+        An attempt ran out its timeout of ``seconds``: counted at that latency,
+        and the timeout recomputed at once (a dependency that slowed down gets
+        ``multiplier`` times more on the very next attempt, not 32 calls later).
         """
         self.timeouts += 1
         self.record(seconds)
+        if len(self._ring) >= self.settings.warmup:
+            wanted = self.settings.multiplier * seconds
+            ceiling = self.settings.ceiling_s
+            self._timeout = min(ceiling, max(self._timeout, wanted))
+
+    def _recompute(self) -> None:
+        s = self.settings
+        ordered = sorted(self._ring)
+        self.p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+        wanted = s.multiplier * self.p99
+        self._timeout = min(s.ceiling_s, max(s.floor_s, wanted))
 
     def timeout(self, remaining: float | None) -> float:
         """

@@ -485,17 +485,27 @@ class Database:
         is one, else from the pool; their first column's value each.
 
         Health then measures the database, not the queue for pooled connections:
-        200 callers on a pool of 4 made a healthy PostgreSQL look DOWN.
+        200 callers on a pool of 4 made a healthy PostgreSQL look DOWN. Neither
+        way goes through PostgreSQL's breaker or the fair-share gate.
         """
         reader = self._versions
         if reader is not None and reader.usable:
             with contextlib.suppress(Exception):  # the pool answers instead
                 return [await reader.probe(q) for q in queries]
-        async with self.connection() as conn:
+        # Straight from the pool: health asks PostgreSQL itself, whatever its
+        # breaker says (an open breaker must not make a healthy server look
+        # DOWN) and outside the tenants' fair shares.
+        conn = await self._acquire()
+        try:
+            return [await conn.fetchval(q) for q in queries]
+        except Exception as exc:
+            raise translate_pg_error(exc) from None
+        finally:
             try:
-                return [await conn.fetchval(q) for q in queries]
-            except Exception as exc:
-                raise translate_pg_error(exc) from None
+                await self._pool.release(conn)
+            except Exception:  # a lost connection: the pool replaces it
+                with contextlib.suppress(Exception):
+                    conn.terminate()
 
     async def ping(self) -> str | None:
         """

@@ -109,10 +109,7 @@ class VersionReader:
             future, keys = self._next, list(self._pending)
             self._next, self._pending = None, {}
             try:
-                # A silent network would otherwise hold this batch, and every
-                # cached read behind it, until TCP gives up minutes later.
-                async with asyncio.timeout(self._timeout):
-                    found = await self._query(keys)
+                found = await self._query(keys)
             except BaseException as exc:
                 failure = exc if isinstance(exc, Exception) else _closed()
                 self._fail(failure)
@@ -126,8 +123,16 @@ class VersionReader:
 
     async def _query(self, keys: list[Key]) -> dict[Key, int]:
         async with self._conn_lock:
+            # Connecting is bounded by the connector's own timeout, not the
+            # query's: over a slow link a reconnect alone can take longer than a
+            # batch should (at 200 ms a round trip it never came back in 1 s).
             conn = await self._connection()
-            rows = await conn.fetch(_BATCH, [t for t, _ in keys], [s for _, s in keys])
+            # A silent network would otherwise hold this batch, and every cached
+            # read behind it, until TCP gives up minutes later.
+            async with asyncio.timeout(self._timeout):
+                rows = await conn.fetch(
+                    _BATCH, [t for t, _ in keys], [s for _, s in keys]
+                )
         self.batches += 1
         return {(r[0], r[1]): int(r[2]) for r in rows}
 

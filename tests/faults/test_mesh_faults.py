@@ -42,10 +42,10 @@ class ScriptedCortex(CortexPeer):
     async def Embed(
         self, request: peers_pb2.EmbedRequest, context: Any
     ) -> peers_pb2.EmbedResponse:
-        self.calls += 1
-        if self.failures < 0 or self.calls <= self.failures:
+        if self.failures < 0 or self.calls < self.failures:
+            self.calls += 1
             await context.abort(self.code, "scripted failure")
-        return await super().Embed(request, context)
+        return await super().Embed(request, context)  # counts the call too
 
 
 @pytest.fixture

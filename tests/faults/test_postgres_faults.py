@@ -156,19 +156,53 @@ async def test_f04_stop_with_postgres_silent_ends_within_the_grace(
 # --- F5: slow PostgreSQL --------------------------------------------------------------
 
 
-async def test_f05_slow_postgres_calls_still_succeed_within_deadline(lake, pg_proxy):
-    """200 +- 50 ms on every reply: writes and reads with a 5 s deadline each all
-    succeed (a write here takes ~1 s: five round trips)."""
-    pg_proxy.latency(200, jitter_ms=50, direction="down")
-    with deadline_scope(5.0):
+async def test_f05_slow_postgres_adaptive_timeout_rises_then_settles_back(
+    proxied_settings, pg_proxy, redis_proxy
+):
+    """300 +- 30 ms on every reply: a read that used to take milliseconds is cut at
+    its adaptive timeout (the floor, 1 s), which at once triples with each cut,
+    never past its ceiling (operations.timeout); while it climbs a read may fail
+    UNAVAILABLE (a cut read's connection is discarded, and a new one takes ~3 s
+    over this link), then reads succeed again. Writes are never cut. Once the link
+    is fast again the timeout settles back to its floor."""
+    # A new connection over this link takes ~3 s: more than FAST's bounds.
+    proxied_settings["postgres"]["acquire_timeout"] = 5.0
+    proxied_settings["postgres"]["connect_timeout"] = 5.0
+    proxied_settings["operations"]["timeout"] = 10.0
+    container = create_container(proxied_settings)
+    lake = await aresolve(container.manager)
+    await lake.start()
+    try:
+        tracker = container.protection().postgres.timeouts("QueryPoints")
         await write(lake, 0)
-    with deadline_scope(5.0):
-        assert at(0) in await stored(lake, limit=100)
-    # Today the cache version reader (its own connection, 1 s timeout) times out on
-    # every read at this latency: its reconnect alone takes over a second, so each
-    # read pays that before falling back to the pool. adaptive timeouts: its timeout
-    # should follow the measured latency.
-    pg_proxy.clear()
+        for i in range(40):  # distinct limits: each read reaches PostgreSQL
+            await stored(lake, limit=1000 + i)
+        assert tracker.timeout(None) == 1.0  # settled on its floor
+        pg_proxy.latency(300, jitter_ms=30, direction="down")
+        with deadline_scope(10.0):
+            await write(lake, 1)  # ~1.5 s, never cut by a guessed timeout
+        outcomes = []
+        for i in range(4):
+            try:
+                with deadline_scope(10.0):
+                    found = await stored(lake, limit=100 + i)
+            except LakeError as exc:
+                outcomes.append(status_of(exc)[0])
+            else:
+                assert at(1) in found
+                outcomes.append(grpc.StatusCode.OK)
+        assert outcomes[-1] == grpc.StatusCode.OK, outcomes
+        assert set(outcomes) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}
+        assert tracker.timeouts >= 1  # the first slow read was cut...
+        assert 3.0 <= tracker.timeout(None) <= 10.0  # ...and the timeout rose
+        pg_proxy.clear()
+        for i in range(300):  # fast again: the slow samples leave the ring
+            await stored(lake, limit=2000 + i)
+        assert tracker.timeout(None) == 1.0
+    finally:
+        for proxy in (pg_proxy, redis_proxy):
+            await proxy.enable()
+        await lake.stop()
 
 
 async def test_f05_bandwidth_capped_postgres_big_read_ends_within_deadline(
@@ -309,17 +343,20 @@ async def _lock_waiters_gone(conn: asyncpg.Connection) -> bool:
 async def test_f10_exhausted_pool_is_resource_exhausted_promptly_and_not_retried(
     lake, database, servers, proxied_container
 ):
-    """Every pooled connection held (writes stuck on a lock): one more call gets
-    RESOURCE_EXHAUSTED after the acquire timeout, tried once."""
+    """Every pooled connection held (writes of two tenants stuck on a lock; one
+    tenant may hold half the pool): one more call gets RESOURCE_EXHAUSTED after
+    the acquire timeout, tried once."""
     db = await aresolve(proxied_container.database)
     size = db.metrics()["max_size"]
+    tenants = ["t1", "t2"] * (size // 2)
     conn = await admin(database, servers)
     try:
         tx = conn.transaction()
         await tx.start()
         await conn.execute("LOCK TABLE ts_data IN ACCESS EXCLUSIVE MODE")
         holders = [
-            asyncio.create_task(_write_within(lake, 100 + i, 5.0)) for i in range(size)
+            asyncio.create_task(_write_within(lake, 100 + i, 5.0, tenant))
+            for i, tenant in enumerate(tenants)
         ]
         await eventually(lambda: db.metrics()["in_use"] == size)
         before = db.metrics()["acquire_timeouts"]
@@ -330,12 +367,12 @@ async def test_f10_exhausted_pool_is_resource_exhausted_promptly_and_not_retried
         await tx.rollback()
     finally:
         await conn.close()
-    assert await asyncio.gather(*holders) == [True] * size
+    assert await asyncio.gather(*holders) == [True] * len(tenants)
 
 
-async def _write_within(lake, i: int, seconds: float) -> bool:
+async def _write_within(lake, i: int, seconds: float, tenant: str = "t1") -> bool:
     with deadline_scope(seconds):
-        await write(lake, i)
+        await write(lake, i, tenant)
     return True
 
 
