@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import grpc
 import pytest
@@ -38,6 +39,16 @@ async def status(channel: grpc.aio.Channel, service: str) -> int:
     return int(reply.status)
 
 
+async def _writes(series: Any, i: int) -> bool:
+    try:
+        await series.Write(write_request(i), metadata=auth(), timeout=5)
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() != grpc.StatusCode.UNAVAILABLE:
+            raise
+        return False
+    return True
+
+
 async def _becomes(channel: grpc.aio.Channel, service: str, want: int) -> bool:
     return await status(channel, service) == want
 
@@ -61,11 +72,30 @@ async def test_f02_f21_postgres_down_unavailable_and_not_ready(
         await eventually(lambda: _becomes(channel, "lake.ready", NOT_SERVING))
         assert await status(channel, "lake.postgres") == NOT_SERVING
         assert await status(channel, "") == SERVING  # liveness: no restart wanted
-        # breaker: the postgres breaker OPEN shows in LakeHealth (reason "circuit
-        # open") and later calls fail at once with grpc-retry-pushback-ms.
+        # Once PostgreSQL's breaker opens, calls are answered at once with a
+        # pushback the client's retry policy obeys.
+        pushback = None
+        for i in range(10, 60):
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await series.Write(write_request(i), metadata=auth(), timeout=1)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+            metadata: Any = info.value.trailing_metadata() or ()
+            trailers = {str(k): str(v) for k, v in metadata}
+            if "grpc-retry-pushback-ms" in trailers:
+                pushback = int(trailers["grpc-retry-pushback-ms"])
+                assert "circuit open" in (info.value.details() or "")
+                break
+        assert pushback is not None
+        assert (
+            0
+            < pushback
+            <= 1000 * proxied_settings["protection"]["breaker"]["open_wait_s"]
+        )
         await pg_proxy.enable()
         await eventually(lambda: _becomes(channel, "lake.ready", SERVING))
-        await series.Write(write_request(9), metadata=auth(), timeout=5)
+        # Ready while the breaker still waits (lake.postgres DEGRADED "circuit
+        # open"): a client retrying after the pushback gets through within it.
+        await eventually(lambda: _writes(series, 9))
 
 
 async def test_f21_redis_down_stays_serving(proxied_settings, redis_proxy):
@@ -87,7 +117,6 @@ async def test_f21_redis_down_stays_serving(proxied_settings, redis_proxy):
             timeout=5,
         )
         assert [len(s.timestamps_us) for s in page.series] == [1]
-        # breaker: the redis breaker OPEN reported as lake.redis DEGRADED "circuit
-        # open" in LakeHealth; lake.ready unchanged.
+        # (Redis's breaker opening and the cache being skipped: F12.)
         await redis_proxy.enable()
         await eventually(lambda: _becomes(channel, "lake.redis", SERVING))

@@ -22,9 +22,10 @@ import pytest
 from lake.api.errors import status_of
 from lake.container import aresolve, create_container
 from lake.deadline import deadline_scope
-from lake.errors import LakeError
+from lake.errors import CircuitOpenError, LakeError
 from lake.health import Status
 from lake.operations import Point, QueryPoints, WritePoints
+from lake.protection import BreakerState
 from lake.resources.embedded import free_port
 from tests.faults.conftest import T0
 from tests.waiting import eventually
@@ -68,7 +69,7 @@ async def admin(database: str, servers):
 
 
 async def test_f02_postgres_down_unavailable_within_deadline(
-    lake, pg_proxy, proxied_settings
+    lake, pg_proxy, proxied_settings, proxied_container
 ):
     """PostgreSQL gone (open connections reset, new ones refused): every call gets
     UNAVAILABLE within its deadline after at most operations.attempts connection
@@ -84,15 +85,29 @@ async def test_f02_postgres_down_unavailable_within_deadline(
         assert code == grpc.StatusCode.UNAVAILABLE
         assert took < 1.0 + SLACK
     attempts = pg_proxy.stats.refused - before
-    # Today every call spends all its attempts (3 each); an open breaker spends
-    # fewer, never more.
+    # At most every call's attempts (3 each); the retry budget and the breaker
+    # spend fewer, never more.
     assert 1 <= attempts <= calls * proxied_settings["operations"]["attempts"]
     report = await lake.health()
     assert report.component("postgres").status is not Status.UP
     assert not report.ready
-    # breaker: after the minimum number of calls the postgres breaker is OPEN: the
-    # next calls fail in about a millisecond with a retry pushback and make no
-    # connection attempt (attempts stop growing), and health says "circuit open".
+    # After the minimum number of calls the breaker opens: then calls fail at once
+    # with a pushback and make no connection attempt (attempts stop growing).
+    breaker = proxied_container.protection().postgres.breaker
+    for i in range(10, 40):
+        if breaker.state is BreakerState.OPEN:
+            break
+        await timed_failure(lambda i=i: write(lake, i), 1.0)
+    assert breaker.state is BreakerState.OPEN
+    attempts = pg_proxy.stats.refused
+    for i in range(50, 70):
+        started = time.monotonic()
+        with pytest.raises(CircuitOpenError) as refused:
+            await write(lake, i)
+        assert time.monotonic() - started < SLACK
+        assert refused.value.retry_after_s is not None
+        assert refused.value.retry_after_s > 0
+    assert pg_proxy.stats.refused == attempts  # not one connection attempt
     pg_proxy.upstream = real
     await eventually(lambda: _succeeds(lake, 99), within=5)
     assert (await lake.health()).ready

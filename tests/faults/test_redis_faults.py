@@ -64,9 +64,19 @@ async def test_f12_redis_faults_reads_still_served_from_postgres(
     assert report.component("redis").status is not Status.UP
     assert report.ready  # F21: Redis down, Lake still SERVING (degraded)
     assert report.status is Status.DEGRADED
-    # breaker: the redis breaker OPEN here; reads then skip Redis without paying
-    # its timeout (today the cache's cooldown does it for cooldown_s after each
-    # failure).
+    # Reads of other keys ask Redis and fail, until its breaker opens (5 calls
+    # in 10 s, half failed); then the cache is skipped: no more Redis errors.
+    for n in range(10):
+        await lake.coordinate(query(n=n + 1))
+    stats = (await lake.status()).cache
+    assert stats is not None
+    assert stats["breaker"] == "open", stats
+    errors = stats["errors"]
+    for n in range(10):
+        await lake.coordinate(query(n=n + 100))
+    stats = (await lake.status()).cache
+    assert stats is not None
+    assert stats["errors"] == errors  # not one Redis call while it is open
 
 
 async def test_f13_cancelled_redis_command_never_answers_the_next(
