@@ -144,6 +144,8 @@ def _validators(profile: str) -> list[Validator]:
             "timeseries.maintenance_interval",
             "auth.refresh_s",
             "auth.failure_window_s",
+            "usage.flush_interval",
+            "usage.flush_timeout",
             is_type_of=(int, float),
             **positive,
         ),
@@ -192,6 +194,8 @@ def _validators(profile: str) -> list[Validator]:
         *_each("mesh.tls.server_name", "client.tls.server_name", is_type_of=str),
         *_each("grpc.tls.behind_proxy", is_type_of=bool),
         *_each("auth.max_failures", is_type_of=int, gte=1),
+        *_each("usage.max_rows", is_type_of=int, gte=1),
+        *_each("usage.enabled", is_type_of=bool),
     ]
     if profile == "production":
         # Production never embeds and never guesses where its data lives. (A

@@ -32,6 +32,7 @@ from lake.errors import (
     StoreUnavailableError,
     ValidationError,
 )
+from lake.metering import timed_db
 from lake.stores.versions import VersionReader
 from lake.validation import check_tenant
 
@@ -241,6 +242,7 @@ class Database:
                 with contextlib.suppress(Exception):
                     conn.terminate()
 
+    @timed_db  # usage metering: time inside transactions, charged to the call
     @asynccontextmanager
     async def transaction(
         self,
