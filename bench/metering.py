@@ -215,8 +215,10 @@ async def wire(args: argparse.Namespace, pg: Endpoint, redis: Endpoint) -> None:
                 await rate(500, call, args.in_flight)
             qps: dict[str, list[float]] = {"on": [], "off": []}
             cpu: dict[str, list[float]] = {"on": [], "off": []}
-            for _ in range(args.rounds):
-                for name, call in calls.items():
+            for round_ in range(args.rounds):
+                order = ["on", "off"] if round_ % 2 == 0 else ["off", "on"]
+                for name in order:  # alternately first: load drifts
+                    call = calls[name]
                     before = cpu_seconds(pids[name])
                     qps[name].append(await rate(args.calls, call, args.in_flight))
                     used = cpu_seconds(pids[name]) - before
