@@ -190,7 +190,8 @@ async def wire(args: argparse.Namespace, pg: Endpoint, redis: Endpoint) -> None:
     with contextlib.ExitStack() as stack:
         for name, port in ports.items():
             env = lake_env(pg, redis, port)
-            env["LAKE_USAGE__ENABLED"] = "true" if name == "on" else "false"
+            metered = name == "on" and not args.same
+            env["LAKE_USAGE__ENABLED"] = str(metered).lower()
             pids[name] = stack.enter_context(process(["-m", "lake", "serve"], env)).pid
         for port in ports.values():
             await wait_serving(f"127.0.0.1:{port}", "lake.ready")
@@ -249,6 +250,11 @@ def main() -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--wire", action="store_true", help="Also over gRPC.")
+    parser.add_argument(
+        "--same",
+        action="store_true",
+        help="With --wire, metering off on both: the noise floor of the ratio.",
+    )
     parser.add_argument("--features", type=int, default=5_000)
     parser.add_argument("--calls", type=int, default=3_000)
     parser.add_argument("--rounds", type=int, default=6)

@@ -178,11 +178,13 @@ async def test_a_tenant_reads_only_its_own_usage(lake_settings):
 
 @pytest.mark.slow
 async def test_lake_usage_json(lake_settings):
-    """lake usage --json: one object per tenant and operation, summed."""
-    async with running_lake(lake_settings) as (server, _, channel):
+    """lake usage --json after a restart: one object per tenant and operation,
+    summed, exactly the calls the first Lake served."""
+    async with running_lake(lake_settings) as (_, _, channel):
         spatial = lake_pb2_grpc.SpatialStub(channel)
         await spatial.Upsert(UPSERT, metadata=auth("token-a"))
         await spatial.Nearest(NEAREST, metadata=auth("token-b"))
+    async with running_lake(lake_settings) as (server, _, _):
         where = ["--address", server.address, "--token", "token-admin"]
         code, out, err = await lake("usage", "--json", "--since", "2h", *where)
         assert code == 0, err
