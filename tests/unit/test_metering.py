@@ -251,3 +251,21 @@ def test_every_data_method_is_metered_as_its_operation() -> None:
     }
     assert set(METERED) == methods
     assert all(hasattr(operations, m.operation) for m in METERED.values())
+
+
+async def test_the_worker_flushes_every_interval() -> None:
+    """Started, the flusher writes the counts within an interval or so; stopped
+    in the middle of nothing, it leaves nothing behind."""
+    from tests.waiting import eventually
+
+    meter, store = Meter(), FakeUsageStore()
+    worker = UsageFlusher(meter, lambda: store, Running(), interval=0.01)
+    worker.start()
+    try:
+        meter.record("a", "Op", OK)
+        await eventually(lambda: calls(store) == 1)
+        meter.record("a", "Op", OK)
+        await eventually(lambda: calls(store) == 2)
+    finally:
+        await worker.stop()
+    assert meter.rows == 0
