@@ -46,13 +46,15 @@ def alive(pid: int) -> bool:
 
 def test_two_workers_share_the_port_and_stop_together(servers, database):
     """Two worker processes serve one port; every call is answered; lake status
-    adds both up; SIGTERM stops both and the parent exits 0 with none left."""
+    adds both up, and so does lake usage (each worker flushes its own counts);
+    SIGTERM stops both and the parent exits 0 with none left."""
     pg, rd = servers["postgres"], servers["redis"]
     address = f"127.0.0.1:{free_port()}"
     env = env_for(
         LAKE_ENV="testing",
         LAKE_GRPC__ADDRESS=address,
         LAKE_GRPC__WORKERS="2",
+        LAKE_USAGE__FLUSH_INTERVAL="0.2",
         LAKE_POSTGRES__DSN=database,
         LAKE_POSTGRES__PASSWORD=pg.password,
         LAKE_REDIS__URL=rd.url,
@@ -102,6 +104,17 @@ def test_two_workers_share_the_port_and_stop_together(servers, database):
             time.sleep(0.2)
         assert nearest.get("calls") == 40, status
         assert status["workers"] == {"count": 2, "reporting": 2}
+        for _ in range(100):
+            usage = json.loads(
+                run(
+                    "usage", "--json", "--address", address, "--token", TOKEN, env=env
+                ).stdout
+            )
+            calls = {e["operation"]: e["calls"] for e in usage}
+            if calls == {"UpsertFeatures": 1, "FeaturesNearest": 40}:
+                break
+            time.sleep(0.2)
+        assert calls == {"UpsertFeatures": 1, "FeaturesNearest": 40}, usage
     finally:
         code, err = stop(proc, signal.SIGTERM)
     assert code == 0, err
