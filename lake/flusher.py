@@ -92,6 +92,13 @@ class UsageFlusher(LoopWorker):
         if not await self.flush_quietly() and self._meter.rows:
             log.warning("usage_unflushed", rows=self._meter.rows)
 
+    def stats(self) -> dict[str, int]:
+        """
+        Rows held (counting or waiting to be stored), calls not metered since the
+        last batch for want of room, and 1 while flushes are failing.
+        """
+        return {**self._meter.stats(), "flush_failing": int(self._failing)}
+
     async def flush_quietly(self) -> bool:
         """
         ``flush()``, a failure logged (once until a flush succeeds again) instead of

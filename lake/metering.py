@@ -10,9 +10,9 @@ each with a unique id, so a batch written twice (a lost reply, a retry) counts o
 
 Memory: one ``Tally`` per (tenant, operation, hour, code) seen since the last flush,
 at most ``max_rows`` of them; past that, calls that would open a new row are not
-metered: they are counted in ``dropped`` and logged once (``usage_rows_full``) until
-a flush makes room. That only happens while PostgreSQL refuses the flushes for a
-long time.
+metered: they are counted in ``dropped`` (``lake status`` shows it) and logged once
+(``usage_rows_full``) until a flush makes room. That only happens while
+PostgreSQL refuses the flushes for a long time.
 """
 
 from __future__ import annotations

@@ -83,11 +83,16 @@ def report_to_proto(
 
 class _LakeHealthServicer(lake_health_grpc.LakeHealthServicer):
     def __init__(
-        self, manager: ServiceManager, admission: Admission, board: StatusBoard
+        self,
+        manager: ServiceManager,
+        admission: Admission,
+        board: StatusBoard,
+        usage: UsageServicer | None = None,
     ) -> None:
         self._manager = manager
         self._admission = admission
         self._board = board
+        self._usage = usage
 
     async def report(self) -> dict[str, Any]:
         """
@@ -95,6 +100,8 @@ class _LakeHealthServicer(lake_health_grpc.LakeHealthServicer):
         """
         report = (await self._manager.status()).as_dict()
         report["admission"] = self._admission.stats()
+        if self._usage is not None:
+            report["metering"] = self._usage.stats()
         return report
 
     async def GetHealth(
@@ -191,6 +198,7 @@ class LakeServer:
             manager,
             self.admission,
             status_board or StatusBoard(directory="", index=0, count=1),
+            usage,
         )
         lake_health_grpc.add_LakeHealthServicer_to_server(self._status, self._server)
         lake_pb2_grpc.add_VectorsServicer_to_server(

@@ -13,10 +13,18 @@ from typing import Any
 import grpc
 import pytest
 from dependency_injector import providers
+from google.protobuf import json_format
 
 from lake.api.auth import hash_token
 from lake.errors import StoreUnavailableError
-from lake.v1 import lake_pb2, lake_pb2_grpc, usage_pb2, usage_pb2_grpc
+from lake.v1 import (
+    health_pb2,
+    health_pb2_grpc,
+    lake_pb2,
+    lake_pb2_grpc,
+    usage_pb2,
+    usage_pb2_grpc,
+)
 from tests.api.conftest import (
     TOKENS,
     api_container,
@@ -207,3 +215,24 @@ async def test_lake_usage_json(lake_settings):
         )  # fmt: skip
         assert code == 1
         assert "PERMISSION_DENIED" in err
+
+
+async def test_status_shows_what_waits_to_be_flushed(lake_settings):
+    """lake status: rows held in memory until a flush stores them."""
+    async with running_lake(lake_settings) as (_, _, channel):
+        health = health_pb2_grpc.LakeHealthStub(channel)
+
+        async def metering() -> dict[str, Any]:
+            reply = await health.GetStatus(
+                health_pb2.GetStatusRequest(), metadata=ADMIN
+            )
+            figures: dict[str, Any] = json_format.MessageToDict(reply.status)
+            return dict(figures["metering"])
+
+        assert await metering() == {"rows": 0, "dropped": 0, "flush_failing": 0}
+        spatial = lake_pb2_grpc.SpatialStub(channel)
+        await spatial.Nearest(NEAREST, metadata=auth("token-a"))
+        await spatial.Nearest(NEAREST, metadata=auth("token-b"))
+        assert (await metering())["rows"] == 2
+        await usage(channel)
+        assert (await metering())["rows"] == 0
