@@ -10,7 +10,8 @@ Start::
           -> workers start  (upkeep; relay with a stream peer)
 
 Stop (also after a failed or cancelled start): workers, server (within the
-grace), /metrics, manager (which closes the resources). The container builds it
+grace), /metrics, drains (the last usage flush, once no call is in flight),
+manager (which closes the resources). The container builds it
 (``Container.lake``; ``Container.migration`` is the same without a server);
 the CLI only runs it.
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 
 import structlog
 
@@ -37,6 +39,17 @@ log = structlog.get_logger(__name__)
 TokenSource = Callable[[], "Awaitable[TokenStore] | TokenStore"]
 
 
+class Drains(Protocol):
+    """
+    Work to finish after the server stopped and before the resources close.
+    """
+
+    async def drain(self) -> None:
+        """
+        Finish it (a failure is the drain's own to log).
+        """
+
+
 class Lake:
     """
     The running service; ``start()``/``stop()`` for tests, ``run(stop)`` for the CLI.
@@ -49,6 +62,8 @@ class Lake:
         grace: seconds in-flight calls get when the server stops.
         profile: the settings profile, for the ready log line.
         metrics: the Prometheus endpoint, listening from start to stop.
+        drains: finished once the server has stopped, before the manager stops
+            (the last usage flush).
     """
 
     def __init__(
@@ -61,12 +76,14 @@ class Lake:
         grace: float = 5.0,
         profile: str = "",
         metrics: MetricsServer | None = None,
+        drains: Sequence[Drains] = (),
     ) -> None:
         self.manager = manager
         self.server = server
         self.metrics = metrics
         self._tokens = tokens
         self._workers = list(workers)
+        self._drains = list(drains)
         self._grace = grace
         self._profile = profile
         self._listening = False
@@ -114,6 +131,8 @@ class Lake:
             await self.server.stop(self._grace)
         if self.metrics is not None:
             await self.metrics.stop()
+        for drain in self._drains:
+            await drain.drain()
         await self.manager.stop()
 
     async def _listen(self) -> None:

@@ -144,6 +144,8 @@ def _validators(profile: str) -> list[Validator]:
             "timeseries.maintenance_interval",
             "auth.refresh_s",
             "auth.failure_window_s",
+            "usage.flush_interval",
+            "usage.flush_timeout",
             is_type_of=(int, float),
             **positive,
         ),
@@ -226,6 +228,8 @@ def _validators(profile: str) -> list[Validator]:
             gte=0,
         ),
         *_each("protection.timeouts.enabled", is_type_of=bool),
+        *_each("usage.max_rows", is_type_of=int, gte=1),
+        *_each("usage.enabled", is_type_of=bool),
     ]
     if profile == "production":
         # Production never embeds and never guesses where its data lives. (A

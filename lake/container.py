@@ -26,6 +26,9 @@ The composition root: the whole wiring of Lake on one page.
     operation_metrics (manager), pool_metrics (pg_pool, database), quota_rejections,
     cache/events sources (manager), loop lag ── metrics_sources ── metrics
     metrics ── metrics_server (worker 0 only) ── lake;  metrics_publisher (others)
+    meter ─┬─ metering (interceptor: each data call once) ── interceptors
+           └─ usage_flusher (over usage_store) ── workers, lake (drains)
+    usage_store, usage_flusher ── usage_api (lake.v1.Usage) ── server
 
 ``lake`` (``lake.bootstrap.Lake``) is what ``lake serve`` runs: it starts the server,
 the manager, then the workers, and stops them in reverse, once. The manager opens
@@ -49,12 +52,16 @@ from dependency_injector import containers, providers
 from lake.api.admission import Admission, AdmissionInterceptor
 from lake.api.auth import AuthInterceptor, FailureLimiter, Keyring
 from lake.api.decode import DecodeGuard
+from lake.api.metering import MeteringInterceptor
 from lake.api.server import LakeServer
+from lake.api.usage import UsageServicer
 from lake.bootstrap import Lake
+from lake.flusher import UsageFlusher
 from lake.lag import LoopLag
 from lake.manager import ServiceManager
 from lake.mesh.client import open_mesh
 from lake.mesh.relay import OutboxRelay
+from lake.metering import Meter
 from lake.metrics import (
     CacheSource,
     EventsSource,
@@ -86,6 +93,7 @@ from lake.stores.migrate import Migrator
 from lake.stores.spatial import PgSpatialStore
 from lake.stores.timeseries import PgTimeSeriesStore
 from lake.stores.tokens import PgTokenStore
+from lake.stores.usage import PgUsageStore
 from lake.stores.vector import PgVectorStore
 from lake.stores.versions import open_version_reader
 from lake.tls import grpc_server_credentials
@@ -328,6 +336,8 @@ class Container(containers.DeclarativeContainer):
     migrator = providers.Singleton(Migrator, database)
     # API tokens managed at run time; the server reads them once serving.
     tokens = providers.Singleton(PgTokenStore, database)
+    # Metered usage, flushed by every instance (resolved once the resources are open).
+    usage_store = providers.Singleton(PgUsageStore, database)
     relay = providers.Singleton(
         OutboxRelay,
         database,
@@ -459,8 +469,23 @@ class Container(containers.DeclarativeContainer):
         limiter=auth_failures,
     )
     decode_guard = providers.Singleton(DecodeGuard)
+    # Usage metering: counted in memory per call, flushed to PostgreSQL.
+    meter = providers.Singleton(Meter, max_rows=config.usage.max_rows)
+    metering = providers.Singleton(
+        MeteringInterceptor, meter, enabled=config.usage.enabled
+    )
+    usage_flusher = providers.Singleton(
+        UsageFlusher,
+        meter,
+        usage_store.provider,
+        manager,
+        interval=config.usage.flush_interval,
+        timeout=config.usage.flush_timeout,
+    )
+    usage_api = providers.Singleton(UsageServicer, usage_store.provider, usage_flusher)
     # Admission first: a call refused for want of a slot costs nothing more.
-    interceptors = providers.List(admission_guard, auth, decode_guard)
+    # Metering after auth (the tenant is known), before decoding (message sizes).
+    interceptors = providers.List(admission_guard, auth, metering, decode_guard)
     server_credentials = providers.Singleton(grpc_server_credentials, config.grpc.tls)
     # Worker processes share their figures here; GetStatus adds them up.
     status_board = providers.Singleton(
@@ -495,6 +520,7 @@ class Container(containers.DeclarativeContainer):
         # Worker processes of one `lake serve` share the port; one alone never does.
         reuse_port=providers.Callable(operator.gt, config.process.count, 1),
         status_board=status_board,
+        usage=usage_api,
     )
 
     # --- background workers and the whole ------------------------------------------
@@ -516,6 +542,7 @@ class Container(containers.DeclarativeContainer):
         owner=providers.Callable(operator.eq, config.process.index, 0),
         publisher=status_publisher,
         publishing=providers.Callable(operator.gt, config.process.count, 1),
+        usage=usage_flusher,
     )
     # Worker processes other than 0 hand their metrics to worker 0's listener.
     workers = providers.Callable(
@@ -533,6 +560,7 @@ class Container(containers.DeclarativeContainer):
         grace=config.grpc.grace,
         profile=config.profile,
         metrics=metrics_server,
+        drains=providers.List(usage_flusher),
     )
     # ``lake migrate``: start-up (which migrates) and stop, with nothing served.
     migration = providers.Singleton(Lake, manager)

@@ -17,6 +17,7 @@ import click
 
 from lake.api.channels import client_channel, tls_options
 from lake.cli_tokens import register_tokens
+from lake.cli_usage import register_usage
 from lake.console import (
     EXIT_REFUSED,
     CsvError,
@@ -57,6 +58,7 @@ def register(
     """
 
     register_tokens(group, target)
+    register_usage(group, target)
 
     @group.group()
     def peer() -> None:

@@ -167,15 +167,19 @@ def select_workers(
     owner: bool = True,
     publisher: Worker | None = None,
     publishing: bool = False,
+    usage: Worker | None = None,
 ) -> Sequence[Worker]:
     """
     The workers to run: upkeep always, the relay only with a stream peer, both
     only in the first server process of a ``lake serve`` (``owner``); with several
-    processes (``publishing``), each also publishes its figures.
+    processes (``publishing``), each also publishes its figures. The usage flusher
+    runs in every process: each flushes its own counts, and they add up.
     """
     chosen: list[Worker] = []
     if owner:
         chosen += [upkeep, relay] if relay_enabled else [upkeep]
     if publishing and publisher is not None:
         chosen.append(publisher)
+    if usage is not None:
+        chosen.append(usage)
     return chosen

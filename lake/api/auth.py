@@ -78,6 +78,8 @@ METHOD_SCOPES: Mapping[str, Scope] = {
     **_scopes("Spatial", Scope.WRITE, "Upsert"),
     **_scopes("LakeHealth", Scope.ADMIN, "GetStatus"),
     **_scopes("Tokens", Scope.ADMIN, "Create", "List", "Revoke"),
+    # Its own tenant's usage; another tenant's needs admin (checked by the servicer).
+    **_scopes("Usage", Scope.READ, "GetUsage"),
 }
 
 _PRINCIPAL: ContextVar[Principal] = ContextVar("lake_principal")

@@ -24,6 +24,7 @@ from lake.api.auth import Keyring
 from lake.api.reflection import enable_reflection
 from lake.api.servicer import SpatialServicer, TimeSeriesServicer, VectorsServicer
 from lake.api.tokens import TokensServicer
+from lake.api.usage import UsageServicer
 from lake.errors import ConfigError
 from lake.health import HealthReport, Status
 from lake.manager import ServiceManager
@@ -31,7 +32,14 @@ from lake.schema import listen_problem
 from lake.tokens import TokenStore
 from lake.v1 import health_pb2 as lake_health_pb2
 from lake.v1 import health_pb2_grpc as lake_health_grpc
-from lake.v1 import lake_pb2, lake_pb2_grpc, tokens_pb2, tokens_pb2_grpc
+from lake.v1 import (
+    lake_pb2,
+    lake_pb2_grpc,
+    tokens_pb2,
+    tokens_pb2_grpc,
+    usage_pb2,
+    usage_pb2_grpc,
+)
 from lake.workerstatus import StatusBoard
 
 __all__ = ["LakeServer", "report_to_proto"]
@@ -41,6 +49,7 @@ log = structlog.get_logger(__name__)
 READY = "lake.ready"
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+_USAGE_SERVICE = usage_pb2.DESCRIPTOR.services_by_name["Usage"].full_name
 _STATUS = {
     Status.UP: lake_health_pb2.STATUS_UP,
     Status.DEGRADED: lake_health_pb2.STATUS_DEGRADED,
@@ -74,11 +83,16 @@ def report_to_proto(
 
 class _LakeHealthServicer(lake_health_grpc.LakeHealthServicer):
     def __init__(
-        self, manager: ServiceManager, admission: Admission, board: StatusBoard
+        self,
+        manager: ServiceManager,
+        admission: Admission,
+        board: StatusBoard,
+        usage: UsageServicer | None = None,
     ) -> None:
         self._manager = manager
         self._admission = admission
         self._board = board
+        self._usage = usage
 
     async def report(self) -> dict[str, Any]:
         """
@@ -86,6 +100,8 @@ class _LakeHealthServicer(lake_health_grpc.LakeHealthServicer):
         """
         report = (await self._manager.status()).as_dict()
         report["admission"] = self._admission.stats()
+        if self._usage is not None:
+            report["metering"] = self._usage.stats()
         return report
 
     async def GetHealth(
@@ -122,6 +138,7 @@ class LakeServer:
         credentials: TLS (see lake.tls) when given, else plaintext.
         interval: seconds between health refreshes.
         token_refresh: seconds between re-reads of the token table.
+        usage: serves lake.v1.Usage when given.
     """
 
     def __init__(
@@ -142,6 +159,7 @@ class LakeServer:
         stream_idle_timeout: float = 10.0,
         token_refresh: float = 2.0,
         status_board: StatusBoard | None = None,
+        usage: UsageServicer | None = None,
     ) -> None:
         self._manager = manager
         self._address = address
@@ -180,6 +198,7 @@ class LakeServer:
             manager,
             self.admission,
             status_board or StatusBoard(directory="", index=0, count=1),
+            usage,
         )
         lake_health_grpc.add_LakeHealthServicer_to_server(self._status, self._server)
         lake_pb2_grpc.add_VectorsServicer_to_server(
@@ -195,11 +214,14 @@ class LakeServer:
         tokens_pb2_grpc.add_TokensServicer_to_server(
             TokensServicer(self.keyring), self._server
         )
+        if usage is not None:
+            usage_pb2_grpc.add_UsageServicer_to_server(usage, self._server)
         if reflection_enabled:
             names = (
                 *(s.full_name for s in lake_pb2.DESCRIPTOR.services_by_name.values()),
                 lake_health_pb2.DESCRIPTOR.services_by_name["LakeHealth"].full_name,
                 tokens_pb2.DESCRIPTOR.services_by_name["Tokens"].full_name,
+                *(() if usage is None else (_USAGE_SERVICE,)),
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             )
             enable_reflection(names, self._server)

@@ -34,6 +34,7 @@ from lake.errors import (
     StoreUnavailableError,
     ValidationError,
 )
+from lake.metering import timed_db
 from lake.poolmetrics import PoolMetrics
 from lake.protection import (
     BreakerSettings,
@@ -359,6 +360,7 @@ class Database:
         except AttributeError:  # a pool without size figures: assume it is
             return True
 
+    @timed_db  # usage metering: time inside transactions, charged to the call
     @asynccontextmanager
     async def transaction(
         self,

@@ -63,8 +63,9 @@ def alive(pid: int) -> bool:
 
 def test_two_workers_share_the_port_and_stop_together(servers, database):
     """Two worker processes serve one port; every call is answered; lake status
-    adds both up, and so does /metrics (served by worker 0 alone); SIGTERM stops
-    both and the parent exits 0 with none left."""
+    adds both up, and so do /metrics (served by worker 0 alone) and lake usage
+    (each worker flushes its own counts); SIGTERM stops both and the parent exits
+    0 with none left."""
     pg, rd = servers["postgres"], servers["redis"]
     address = f"127.0.0.1:{free_port()}"
     metrics_address = f"127.0.0.1:{free_port()}"
@@ -73,6 +74,7 @@ def test_two_workers_share_the_port_and_stop_together(servers, database):
         LAKE_GRPC__ADDRESS=address,
         LAKE_GRPC__WORKERS="2",
         LAKE_METRICS__ADDRESS=metrics_address,
+        LAKE_USAGE__FLUSH_INTERVAL="0.2",
         LAKE_POSTGRES__DSN=database,
         LAKE_POSTGRES__PASSWORD=pg.password,
         LAKE_REDIS__URL=rd.url,
@@ -127,6 +129,17 @@ def test_two_workers_share_the_port_and_stop_together(servers, database):
                 break
             time.sleep(0.2)
         assert nearest_calls(metrics_address) == 40
+        for _ in range(100):
+            usage = json.loads(
+                run(
+                    "usage", "--json", "--address", address, "--token", TOKEN, env=env
+                ).stdout
+            )
+            calls = {e["operation"]: e["calls"] for e in usage}
+            if calls == {"UpsertFeatures": 1, "FeaturesNearest": 40}:
+                break
+            time.sleep(0.2)
+        assert calls == {"UpsertFeatures": 1, "FeaturesNearest": 40}, usage
     finally:
         code, err = stop(proc, signal.SIGTERM)
     assert code == 0, err

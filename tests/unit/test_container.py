@@ -124,10 +124,12 @@ async def test_a_failed_start_closes_each_opened_resource_once(settings):
 async def test_the_relay_worker_runs_only_with_a_stream_peer(settings):
     """The container decides once whether a stream peer is configured."""
     settings["mesh"]["peers"] = {}
-    assert [w.name for w in create_container(settings).workers()] == ["upkeep"]
+    names = [w.name for w in create_container(settings).workers()]
+    assert names == ["upkeep", "usage-flusher"]
     settings["mesh"]["peers"] = {"stream": ["127.0.0.1:1"]}
     container = create_container(settings)
-    assert [w.name for w in container.workers()] == ["upkeep", "relay"]
+    names = [w.name for w in container.workers()]
+    assert names == ["upkeep", "relay", "usage-flusher"]
     assert container.events()
 
 
