@@ -30,6 +30,7 @@ CODES: dict[str | None, str] = {
     "invalid_argument": "INVALID_ARGUMENT",
     "not_found": "NOT_FOUND",
     "conflict": "ALREADY_EXISTS",
+    "aborted": "ABORTED",
     "unsupported": "FAILED_PRECONDITION",
     "deadline_exceeded": "DEADLINE_EXCEEDED",
     "resource_exhausted": "RESOURCE_EXHAUSTED",
