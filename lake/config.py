@@ -19,6 +19,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from dynaconf import Dynaconf, ValidationError, Validator
 
 from lake.errors import ConfigError
+from lake.quotas.policy import QUOTA_NAMES
 from lake.schema import (
     Schema,
     check_addresses,
@@ -192,6 +193,19 @@ def _validators(profile: str) -> list[Validator]:
         *_each("mesh.tls.server_name", "client.tls.server_name", is_type_of=str),
         *_each("grpc.tls.behind_proxy", is_type_of=bool),
         *_each("auth.max_failures", is_type_of=int, gte=1),
+        *_each(
+            *(f"quotas.default.{n}" for n in QUOTA_NAMES[:4]),
+            is_type_of=(int, float),
+            gte=0,
+        ),
+        *_each(
+            *(f"quotas.default.{n}" for n in QUOTA_NAMES[4:]), is_type_of=int, gte=0
+        ),
+        *_each("quotas.strategy", is_in=["moving-window", "sliding-window-counter"]),
+        *_each("quotas.window_s", is_type_of=int, gte=1),
+        *_each("quotas.cooldown_s", is_type_of=(int, float), gt=0),
+        # lake quota set counts on every instance within 5 s.
+        *_each("quotas.refresh_s", is_type_of=(int, float), gt=0, lte=5),
     ]
     if profile == "production":
         # Production never embeds and never guesses where its data lives. (A

@@ -45,20 +45,25 @@ from dependency_injector import containers, providers
 from lake.api.admission import Admission, AdmissionInterceptor
 from lake.api.auth import AuthInterceptor, FailureLimiter, Keyring
 from lake.api.decode import DecodeGuard
+from lake.api.quotas import QuotaAdmin, QuotaControl, QuotaTable
 from lake.api.server import LakeServer
 from lake.bootstrap import Lake
+from lake.errors import LifecycleError
 from lake.lag import LoopLag
-from lake.manager import ServiceManager
+from lake.manager import ServiceManager, State
 from lake.mesh.client import open_mesh
 from lake.mesh.relay import OutboxRelay
 from lake.models import Limits
 from lake.ports import Components
+from lake.quotas.policy import QuotaBook
+from lake.quotas.rates import RateQuotas
 from lake.resilience import RetryPolicy
 from lake.resources.postgres import open_pg_pool, pg_connector
 from lake.resources.redis import open_redis
 from lake.stores.cache import CachedReads, RedisCache
 from lake.stores.database import Database
 from lake.stores.migrate import Migrator
+from lake.stores.quotas import PgQuotaStore
 from lake.stores.spatial import PgSpatialStore
 from lake.stores.timeseries import PgTimeSeriesStore
 from lake.stores.tokens import PgTokenStore
@@ -81,6 +86,21 @@ T = TypeVar("T")
 
 def _has_stream(peers: dict[str, Any]) -> bool:
     return "stream" in peers
+
+
+def _quota_admin(
+    manager: ServiceManager,
+    rates: providers.Provider[RateQuotas],
+    store: providers.Provider[PgQuotaStore],
+) -> QuotaAdmin:
+    # lake.v1.Quotas reaches the running instance's quotas (never opens anything).
+    async def admin() -> tuple[QuotaControl, QuotaTable]:
+        if manager.state is not State.RUNNING:
+            msg = f"lake is {manager.state.value}, not running"
+            raise LifecycleError(msg)
+        return await aresolve(rates), await aresolve(store)
+
+    return admin
 
 
 class ProviderResources:
@@ -216,11 +236,15 @@ class Container(containers.DeclarativeContainer):
     )
     # Change events are recorded (outbox) only when a stream peer is configured.
     events = providers.Callable(_has_stream, config.mesh.peers)
+    # Quotas in force: the settings' defaults, the overrides of `lake quota set`.
+    quota_book = providers.Singleton(QuotaBook, config.quotas.default)
+    caps = quota_book.provided.caps
     vectors = providers.Singleton(
         PgVectorStore,
         database,
         default_ef_search=config.vectors.ef_search,
         events=events,
+        caps=caps,
     )
     series = providers.Singleton(
         PgTimeSeriesStore,
@@ -229,8 +253,9 @@ class Container(containers.DeclarativeContainer):
         future_days=config.timeseries.future_days,
         cursor_key=config.timeseries.cursor_key,
         events=events,
+        caps=caps,
     )
-    spatial = providers.Singleton(PgSpatialStore, database, events=events)
+    spatial = providers.Singleton(PgSpatialStore, database, events=events, caps=caps)
     migrator = providers.Singleton(Migrator, database)
     # API tokens managed at run time; the server reads them once serving.
     tokens = providers.Singleton(PgTokenStore, database)
@@ -245,6 +270,18 @@ class Container(containers.DeclarativeContainer):
 
     # The read cache: keys, versions and the per-route policy, in one component.
     reads = providers.Singleton(CachedReads, cache, database)
+    # Rate quotas in Redis (Lake's own pool), overrides and usage in PostgreSQL.
+    quota_store = providers.Singleton(PgQuotaStore, database)
+    quotas = providers.Singleton(
+        RateQuotas,
+        quota_book,
+        redis,
+        quota_store,
+        strategy=config.quotas.strategy,
+        window_s=config.quotas.window_s,
+        cooldown_s=config.quotas.cooldown_s,
+        refresh_s=config.quotas.refresh_s,
+    )
 
     components = providers.Singleton(
         Components,
@@ -257,6 +294,7 @@ class Container(containers.DeclarativeContainer):
         mesh=mesh_client,
         migrator=migrator,
         relay=relay,
+        quotas=quotas,
     )
 
     resources = providers.Singleton(
@@ -373,6 +411,9 @@ class Container(containers.DeclarativeContainer):
         # Worker processes of one `lake serve` share the port; one alone never does.
         reuse_port=providers.Callable(operator.gt, config.process.count, 1),
         status_board=status_board,
+        quotas=providers.Callable(
+            _quota_admin, manager, quotas.provider, quota_store.provider
+        ),
     )
 
     # --- background workers and the whole ------------------------------------------

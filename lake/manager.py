@@ -54,6 +54,7 @@ from lake.models import (
     VectorMatch,
 )
 from lake.offload import run_heavy
+from lake.opclasses import OPERATION_CLASSES
 from lake.operations import (
     AggregatePoints,
     CreateCollection,
@@ -268,6 +269,8 @@ class ServiceManager:
             # A server without pgvector still serves time series and features.
             Check("vectors", c.vectors.ping, critical=False),
         ]
+        if c.quotas is not None:  # "quotas local": Redis lost, counted per instance
+            checks.append(Check("quotas", c.quotas.ping, critical=False))
         # A missing peer degrades Lake: only the operations that need it fail.
         checks += [
             Check(
@@ -347,6 +350,9 @@ class ServiceManager:
         started = time.perf_counter()
         with operation_context(tenant=operation.tenant, operation=name):
             try:
+                await self._admit(
+                    operation
+                )  # quotas: after validation, before the pool
                 return await self._bounded(route, operation)
             except LakeError as exc:
                 failure = _failure_kind(exc)
@@ -354,6 +360,11 @@ class ServiceManager:
             finally:
                 took_ms = (time.perf_counter() - started) * 1000.0
                 self._usage.record(name, took_ms, failure)
+
+    async def _admit(self, op: Operation) -> None:
+        quotas = self._running().quotas
+        if quotas is not None:
+            await quotas.admit(op.tenant, OPERATION_CLASSES[type(op)])
 
     async def _bounded(self, route: Route, op: Any) -> object:
         # One bound for the whole operation, retries included: the caller's deadline

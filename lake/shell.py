@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from lake.api.channels import client_channel, tls_options
+from lake.cli_quotas import register_quotas
 from lake.cli_tokens import register_tokens
 from lake.console import (
     EXIT_REFUSED,
@@ -57,6 +58,7 @@ def register(
     """
 
     register_tokens(group, target)
+    register_quotas(group, target)
 
     @group.group()
     def peer() -> None:
