@@ -203,6 +203,7 @@ def _validators(profile: str) -> list[Validator]:
         ),
         *_each("quotas.strategy", is_in=["moving-window", "sliding-window-counter"]),
         *_each("quotas.window_s", is_type_of=int, gte=1),
+        *_each("quotas.lease", is_type_of=(int, float), gte=0, lte=0.5),
         *_each("quotas.cooldown_s", is_type_of=(int, float), gt=0),
         # lake quota set counts on every instance within 5 s.
         *_each("quotas.refresh_s", is_type_of=(int, float), gt=0, lte=5),

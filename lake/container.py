@@ -281,6 +281,7 @@ class Container(containers.DeclarativeContainer):
         window_s=config.quotas.window_s,
         cooldown_s=config.quotas.cooldown_s,
         refresh_s=config.quotas.refresh_s,
+        lease=config.quotas.lease,
     )
 
     components = providers.Singleton(

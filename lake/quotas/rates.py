@@ -4,7 +4,15 @@ every instance through Redis (the ``limits`` library over Lake's own redis-py
 connection pool).
 
 - Unlimited (0, the default) costs two dict lookups: no Redis round trip.
-- A limited call costs one ``hit()`` (one Lua script call): never test-then-hit.
+- A limited call costs at most one ``hit()`` (one Lua script call): never
+  test-then-hit. With ``lease`` > 0 one hit takes ``lease`` of the window's
+  budget at once (``cost=k``, k = max(1, floor(lease * budget))) and the next
+  k - 1 calls of that tenant and class on this instance spend it without Redis,
+  within the window it was taken in. A round trip costs ~150 us of a CPU-bound
+  Lake (redis-py), a cached read ~350 us: one per call made a quota'd read half
+  as fast. Leases never admit more than the budget (every token was counted in
+  Redis first); they may admit less, by at most (k - 1) per instance per window
+  (tokens leased and not used). A budget under 1 / lease calls has k = 1: exact.
 - A refused call remembers until when it is refused: further calls of that tenant
   and class on this instance are refused without asking Redis until then, so a
   client hammering past its quota costs Lake no Redis traffic. Only the first
@@ -82,11 +90,14 @@ class RateQuotas:
         book: the quotas in force (its overrides refreshed from ``store``).
         redis: Lake's Redis client; its pool carries the quota scripts too.
         store: the overrides; None keeps the settings' defaults alone.
-        strategy: ``moving-window`` or ``sliding-window-counter``.
+        strategy: ``sliding-window-counter`` (two counters per key, O(1) for any
+            lease) or ``moving-window`` (one Redis list entry per call counted:
+            exact, but a lease of k pushes k entries).
         window_s: the window a rate is counted over (a rate r allows
             ceil(r * window_s) calls per window_s seconds).
         cooldown_s: how long to stay local after Redis failed.
         refresh_s: seconds between re-reads of the overrides.
+        lease: the share of a window's budget one hit takes (0: one per call).
     """
 
     def __init__(
@@ -95,8 +106,9 @@ class RateQuotas:
         redis: aioredis.Redis | None,
         store: QuotaSource | None = None,
         *,
-        strategy: str = "moving-window",
+        strategy: str = "sliding-window-counter",
         window_s: int = 1,
+        lease: float = 0.0,
         cooldown_s: float = 1.0,
         refresh_s: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
@@ -105,6 +117,9 @@ class RateQuotas:
         self._redis = redis
         self._store = store
         self._window = max(1, int(window_s))
+        self._lease = lease
+        self._leases: dict[tuple[str, str], list[float]] = {}  # [left, until]
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._cooldown = cooldown_s
         self._refresh_s = refresh_s
         self._clock = clock
@@ -175,17 +190,61 @@ class RateQuotas:
         One hit; None when admitted, else seconds until a call may be admitted.
         """
         item = self._item(rate)
-        remote = self._remote
-        if remote is not None and now >= self._local_until:
-            ids = (self._namespace, *key)
-            try:
-                if await remote.hit(item, *ids):
+        if self._remote is not None and now >= self._local_until:
+            if self._spend_lease(key, now):
+                return None
+            size = max(1, int(self._lease * item.amount))
+            if size == 1:
+                return await self._remote_hit(key, item, 1, now)
+            # One lease in flight per key: 32 concurrent calls finding none must
+            # not take 32 leases (and exhaust the budget between them).
+            lock = self._lock(key)
+            async with lock:
+                if self._spend_lease(key, now):
                     return None
-                return await self._reset_in(remote, item, ids)
-            except _REDIS_FAILURES as exc:
-                self._go_local(exc)
+                until = self._denied.get(key, 0.0)
+                if until > now:
+                    return until - now
+                return await self._remote_hit(key, item, size, now)
         self.local_calls += 1
         return self._local.take(key, rate, item.amount)
+
+    def _spend_lease(self, key: tuple[str, str], now: float) -> bool:
+        lease = self._leases.get(key)
+        if lease is not None and lease[0] >= 1.0 and now < lease[1]:
+            lease[0] -= 1.0
+            return True
+        return False
+
+    def _lock(self, key: tuple[str, str]) -> asyncio.Lock:
+        lock = self._locks.get(key)
+        if lock is None:
+            if len(self._locks) >= 10_000:
+                self._locks = {k: v for k, v in self._locks.items() if v.locked()}
+            lock = self._locks[key] = asyncio.Lock()
+        return lock
+
+    async def _remote_hit(
+        self, key: tuple[str, str], item: RateLimitItem, size: int, now: float
+    ) -> float | None:
+        remote = self._remote
+        assert remote is not None  # noqa: S101 -- checked by the caller
+        ids = (self._namespace, *key)
+        try:
+            if await remote.hit(item, *ids, cost=size):
+                if size > 1:
+                    self._keep_lease(key, size - 1, now + item.get_expiry())
+                return None
+            return await self._reset_in(remote, item, ids)
+        except _REDIS_FAILURES as exc:
+            self._go_local(exc)
+        self.local_calls += 1
+        return self._local.take(key, item.amount / item.get_expiry(), item.amount)
+
+    def _keep_lease(self, key: tuple[str, str], left: int, until: float) -> None:
+        if len(self._leases) >= 10_000:
+            self._leases.clear()
+        self._leases[key] = [float(left), until]
 
     async def _reset_in(
         self, remote: RateLimiter, item: RateLimitItem, ids: tuple[str, ...]
