@@ -98,6 +98,7 @@ class RateQuotas:
         cooldown_s: how long to stay local after Redis failed.
         refresh_s: seconds between re-reads of the overrides.
         lease: the share of a window's budget one hit takes (0: one per call).
+        limiter: the shared limiter, when not built over ``redis`` (unit tests).
     """
 
     def __init__(
@@ -112,6 +113,7 @@ class RateQuotas:
         cooldown_s: float = 1.0,
         refresh_s: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.book = book
         self._redis = redis
@@ -123,8 +125,8 @@ class RateQuotas:
         self._cooldown = cooldown_s
         self._refresh_s = refresh_s
         self._clock = clock
-        self._remote: RateLimiter | None = None
-        if redis is not None:
+        self._remote: RateLimiter | None = limiter
+        if redis is not None and limiter is None:
             storage = RedisStorage(
                 "async+redis://",
                 implementation="redispy",
@@ -281,7 +283,7 @@ class RateQuotas:
         if not self.book.limited:
             return None
         if self._redis is None:
-            return LOCAL
+            return None if self._remote is not None else LOCAL
         try:
             await self._redis.ping()
         except _REDIS_FAILURES as exc:
