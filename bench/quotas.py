@@ -11,6 +11,7 @@ LAKE_BENCH_REDIS_URL) and prints:
   ``sliding-window-counter``), one call per hit and with the default lease (5 %
   of the budget per hit), one refused (answered from the local refusal memory),
   and the local token bucket (Redis down);
+- the storage counter (``charge()``): a transaction with it against one without;
 - ``coordinate()`` of a cached spatial read with a read quota set (never reached)
   against none, in interleaved rounds at 1 and 32 tasks: the ratio on / off;
 - two instances on one database and Redis with ``read_per_s = 20`` hammered for
@@ -38,10 +39,11 @@ from lake.logs import configure_logging
 from lake.manager import ServiceManager
 from lake.models import Feature
 from lake.operations import FeaturesNearest, UpsertFeatures
-from lake.quotas.policy import QuotaBook
+from lake.quotas.policy import Caps, QuotaBook
 from lake.quotas.rates import RateQuotas
 from lake.resources.embedded import Endpoint
 from lake.resources.redis import open_redis
+from lake.stores.quotas import charge
 
 TENANT = "bench"
 
@@ -167,6 +169,34 @@ async def shared_budget(managers: list[ServiceManager], seconds: float) -> None:
     )
 
 
+async def charge_cost(dsn: str, pg: Endpoint, n: int) -> dict[str, float]:
+    """
+    A write transaction with the storage counter update against one without, one
+    task (both commit, so both wait for the WAL flush).
+    """
+    conn = await asyncpg.connect(dsn, password=pg.password or None)
+    caps = Caps(features=10**9)
+    await conn.execute("CREATE TABLE IF NOT EXISTS bench_rows (x int)")
+    try:
+
+        async def write() -> None:
+            async with conn.transaction():
+                await conn.execute("INSERT INTO bench_rows VALUES (1)")
+
+        async def charged() -> None:
+            async with conn.transaction():
+                await conn.execute("INSERT INTO bench_rows VALUES (1)")
+                await charge(conn, TENANT, caps, features=1)
+
+        costs = {}
+        for _ in range(2):  # interleaved: the second pair is the one reported
+            costs["write transaction (one INSERT)"] = await per_call_us(write, n)
+            costs["same + charge()"] = await per_call_us(charged, n)
+        return costs
+    finally:
+        await conn.close()
+
+
 async def run(args: argparse.Namespace, pg: Endpoint, redis: Endpoint) -> None:
     print("one admit(), microseconds (one task):")
     for path, us in (await admit_costs(redis, args.admits)).items():
@@ -179,6 +209,9 @@ async def run(args: argparse.Namespace, pg: Endpoint, redis: Endpoint) -> None:
         await started(settings_for(dsn, pg, redis, rate_)) for rate_ in (0, 1e6, 20, 20)
     ]
     try:
+        print("\nstorage counter, microseconds per write (one task):")
+        for path, us in (await charge_cost(dsn, pg, args.admits)).items():
+            print(f"  {path:<45} {us:7.1f}")
         off, on = parts[0][1], parts[1][1]
         features = [Feature(str(i), 0.001 * i, 0.0, {}) for i in range(500)]
         await off.coordinate(UpsertFeatures(TENANT, features))
