@@ -227,7 +227,13 @@ _TYPE_WORDS = {
     str: "a string",
     bool: "true or false",
 }
-_RULE_WORDS = {"gt": "> {}", "gte": ">= {}", "ne": "other than {}", "eq": "{}"}
+_RULE_WORDS = {
+    "gt": "> {}",
+    "gte": ">= {}",
+    "lte": "<= {}",
+    "ne": "other than {}",
+    "eq": "{}",
+}
 # What a value given as text in an environment variable needs to be a table.
 _TABLE_HINTS = {
     "auth.tokens": 'a table, e.g. { "<sha256 hex>" = "tenant" }',
@@ -256,7 +262,8 @@ def _rule(key: str, validator: Validator) -> str:
         elif op == "ne" and arg == "":
             words.append("set (not empty)")
         elif op in _RULE_WORDS:
-            words.append(_RULE_WORDS[op].format(str(arg).lower()))
+            joint = "and " if op == "lte" and words else ""  # "> 0 and <= 5"
+            words.append(joint + _RULE_WORDS[op].format(str(arg).lower()))
     return ("must be " + " ".join(words)) if words else "is required"
 
 

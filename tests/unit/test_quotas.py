@@ -219,3 +219,33 @@ async def test_manager_admits_after_validation_and_refusal_skips_the_store():
     report = await manager.health()
     assert report.component("quotas").reason == ""
     await manager.stop()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("LAKE_QUOTAS__DEFAULT__READ_PER_S", "-1"),
+        ("LAKE_QUOTAS__DEFAULT__MAX_VECTORS", "1.5"),
+        ("LAKE_QUOTAS__REFRESH_S", "10"),
+        ("LAKE_QUOTAS__STRATEGY", "fixed-window"),
+    ],
+)
+def test_bad_quota_settings_are_refused_at_boot(monkeypatch, variable, value):
+    """Negative rates, fractional caps, a refresh over 5 s, unknown strategies."""
+    from lake.config import load_settings
+    from lake.errors import ConfigError
+
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError, match=variable.removeprefix("LAKE_").lower()[:6]):
+        load_settings("testing")
+
+
+def test_quota_settings_reach_the_book(monkeypatch):
+    """quotas.default from the environment is what the book holds."""
+    from lake.config import load_settings
+
+    monkeypatch.setenv("LAKE_QUOTAS__DEFAULT__SEARCH_PER_S", "2.5")
+    values = load_settings("testing")
+    book = QuotaBook(values["quotas"]["default"])
+    assert book.rate("t", "search") == 2.5
+    assert book.rate("t", "read") == 0
