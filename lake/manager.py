@@ -350,9 +350,7 @@ class ServiceManager:
         started = time.perf_counter()
         with operation_context(tenant=operation.tenant, operation=name):
             try:
-                await self._admit(
-                    operation
-                )  # quotas: after validation, before the pool
+                await self._admit(operation)  # quotas: validated, before the pool
                 return await self._bounded(route, operation)
             except LakeError as exc:
                 failure = _failure_kind(exc)
