@@ -32,6 +32,9 @@ def per_window(settings: dict[str, Any], calls: int, name: str = "read_per_s") -
     """Allow ``calls`` calls per 60 s of ``name``'s class by default."""
     settings["quotas"]["window_s"] = 60
     settings["quotas"]["default"][name] = calls / 60
+    # A loaded machine's 100 ms Redis stall would fail open (counted locally) and
+    # blur the counts; a lost Redis still fails at once (connection refused).
+    settings["redis"]["socket_timeout"] = 2.0
 
 
 async def outcome(spatial: Any, token: str = "token-a") -> grpc.StatusCode:
@@ -202,6 +205,7 @@ async def test_quota_set_counts_on_every_instance_without_restart(lake_settings)
     """lake quota set on one instance: the other refuses past the new rate within
     5 s; lake quota show reports it with the tenant's usage."""
     lake_settings["quotas"]["window_s"] = 60
+    lake_settings["redis"]["socket_timeout"] = 2.0
     async with (
         running_lake(lake_settings) as (one, _, _),
         running_lake(lake_settings) as (_, _, two),
