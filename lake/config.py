@@ -19,6 +19,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from dynaconf import Dynaconf, ValidationError, Validator
 
 from lake.errors import ConfigError
+from lake.quotas.policy import QUOTA_NAMES
 from lake.schema import (
     Schema,
     check_addresses,
@@ -230,6 +231,20 @@ def _validators(profile: str) -> list[Validator]:
         *_each("protection.timeouts.enabled", is_type_of=bool),
         *_each("usage.max_rows", is_type_of=int, gte=1),
         *_each("usage.enabled", is_type_of=bool),
+        *_each(
+            *(f"quotas.default.{n}" for n in QUOTA_NAMES[:4]),
+            is_type_of=(int, float),
+            gte=0,
+        ),
+        *_each(
+            *(f"quotas.default.{n}" for n in QUOTA_NAMES[4:]), is_type_of=int, gte=0
+        ),
+        *_each("quotas.strategy", is_in=["moving-window", "sliding-window-counter"]),
+        *_each("quotas.window_s", is_type_of=int, gte=1),
+        *_each("quotas.lease", is_type_of=(int, float), gte=0, lte=0.5),
+        *_each("quotas.cooldown_s", is_type_of=(int, float), gt=0),
+        # lake quota set counts on every instance within 5 s.
+        *_each("quotas.refresh_s", is_type_of=(int, float), gt=0, lte=5),
     ]
     if profile == "production":
         # Production never embeds and never guesses where its data lives. (A
@@ -250,7 +265,13 @@ _TYPE_WORDS = {
     str: "a string",
     bool: "true or false",
 }
-_RULE_WORDS = {"gt": "> {}", "gte": ">= {}", "ne": "other than {}", "eq": "{}"}
+_RULE_WORDS = {
+    "gt": "> {}",
+    "gte": ">= {}",
+    "lte": "<= {}",
+    "ne": "other than {}",
+    "eq": "{}",
+}
 # What a value given as text in an environment variable needs to be a table.
 _TABLE_HINTS = {
     "auth.tokens": 'a table, e.g. { "<sha256 hex>" = "tenant" }',
@@ -279,7 +300,8 @@ def _rule(key: str, validator: Validator) -> str:
         elif op == "ne" and arg == "":
             words.append("set (not empty)")
         elif op in _RULE_WORDS:
-            words.append(_RULE_WORDS[op].format(str(arg).lower()))
+            joint = "and " if op == "lte" and words else ""  # "> 0 and <= 5"
+            words.append(joint + _RULE_WORDS[op].format(str(arg).lower()))
     return ("must be " + " ".join(words)) if words else "is required"
 
 

@@ -53,12 +53,14 @@ from lake.api.admission import Admission, AdmissionInterceptor
 from lake.api.auth import AuthInterceptor, FailureLimiter, Keyring
 from lake.api.decode import DecodeGuard
 from lake.api.metering import MeteringInterceptor
+from lake.api.quotas import QuotaAdmin, QuotaControl, QuotaTable
 from lake.api.server import LakeServer
 from lake.api.usage import UsageServicer
 from lake.bootstrap import Lake
+from lake.errors import LifecycleError
 from lake.flusher import UsageFlusher
 from lake.lag import LoopLag
-from lake.manager import ServiceManager
+from lake.manager import ServiceManager, State
 from lake.mesh.client import open_mesh
 from lake.mesh.relay import OutboxRelay
 from lake.metering import Meter
@@ -84,12 +86,15 @@ from lake.protection import (
     TimeoutSettings,
 )
 from lake.protection.metrics import ProtectionSource
+from lake.quotas.policy import QuotaBook
+from lake.quotas.rates import RateQuotas
 from lake.resilience import RetryPolicy
 from lake.resources.postgres import open_pg_pool, pg_connector
 from lake.resources.redis import open_redis
 from lake.stores.cache import CachedReads, RedisCache
 from lake.stores.database import Database
 from lake.stores.migrate import Migrator
+from lake.stores.quotas import PgQuotaStore
 from lake.stores.spatial import PgSpatialStore
 from lake.stores.timeseries import PgTimeSeriesStore
 from lake.stores.tokens import PgTokenStore
@@ -122,6 +127,21 @@ def _metrics_address(address: str, index: int) -> str:
 
 def _plus(chosen: Sequence[Any], extra: Any, wanted: bool) -> list[Any]:
     return [*chosen, extra] if wanted else list(chosen)
+
+
+def _quota_admin(
+    manager: ServiceManager,
+    rates: providers.Provider[RateQuotas],
+    store: providers.Provider[PgQuotaStore],
+) -> QuotaAdmin:
+    # lake.v1.Quotas reaches the running instance's quotas (never opens anything).
+    async def admin() -> tuple[QuotaControl, QuotaTable]:
+        if manager.state is not State.RUNNING:
+            msg = f"lake is {manager.state.value}, not running"
+            raise LifecycleError(msg)
+        return await aresolve(rates), await aresolve(store)
+
+    return admin
 
 
 class ProviderResources:
@@ -318,11 +338,15 @@ class Container(containers.DeclarativeContainer):
     )
     # Change events are recorded (outbox) only when a stream peer is configured.
     events = providers.Callable(_has_stream, config.mesh.peers)
+    # Quotas in force: the settings' defaults, the overrides of `lake quota set`.
+    quota_book = providers.Singleton(QuotaBook, config.quotas.default)
+    caps = quota_book.provided.caps
     vectors = providers.Singleton(
         PgVectorStore,
         database,
         default_ef_search=config.vectors.ef_search,
         events=events,
+        caps=caps,
     )
     series = providers.Singleton(
         PgTimeSeriesStore,
@@ -331,8 +355,9 @@ class Container(containers.DeclarativeContainer):
         future_days=config.timeseries.future_days,
         cursor_key=config.timeseries.cursor_key,
         events=events,
+        caps=caps,
     )
-    spatial = providers.Singleton(PgSpatialStore, database, events=events)
+    spatial = providers.Singleton(PgSpatialStore, database, events=events, caps=caps)
     migrator = providers.Singleton(Migrator, database)
     # API tokens managed at run time; the server reads them once serving.
     tokens = providers.Singleton(PgTokenStore, database)
@@ -349,6 +374,19 @@ class Container(containers.DeclarativeContainer):
 
     # The read cache: keys, versions and the per-route policy, in one component.
     reads = providers.Singleton(CachedReads, cache, database)
+    # Rate quotas in Redis (Lake's own pool), overrides and usage in PostgreSQL.
+    quota_store = providers.Singleton(PgQuotaStore, database)
+    quotas = providers.Singleton(
+        RateQuotas,
+        quota_book,
+        redis,
+        quota_store,
+        strategy=config.quotas.strategy,
+        window_s=config.quotas.window_s,
+        cooldown_s=config.quotas.cooldown_s,
+        refresh_s=config.quotas.refresh_s,
+        lease=config.quotas.lease,
+    )
 
     components = providers.Singleton(
         Components,
@@ -361,6 +399,7 @@ class Container(containers.DeclarativeContainer):
         mesh=mesh_client,
         migrator=migrator,
         relay=relay,
+        quotas=quotas,
     )
 
     resources = providers.Singleton(
@@ -413,6 +452,8 @@ class Container(containers.DeclarativeContainer):
         timeout=config.operations.timeout,
     )
 
+    # Calls refused by a tenant's quota, by quota (counted by the manager).
+    quota_rejections = providers.Singleton(QuotaRejections)
     manager = providers.Singleton(
         ServiceManager,
         resources=resources,
@@ -427,11 +468,10 @@ class Container(containers.DeclarativeContainer):
         usage=usage,
         protection=protection,
         metrics=operation_metrics,
+        quota_rejections=quota_rejections,
     )
 
     # --- Prometheus metrics: figures read when scraped (see lake/metrics.py) --------
-    # The quota layer counts its refusals here.
-    quota_rejections = providers.Singleton(QuotaRejections)
     # Add a provider of an object with collect() here for more families.
     metrics_sources = providers.List(
         operation_metrics,
@@ -521,6 +561,9 @@ class Container(containers.DeclarativeContainer):
         reuse_port=providers.Callable(operator.gt, config.process.count, 1),
         status_board=status_board,
         usage=usage_api,
+        quotas=providers.Callable(
+            _quota_admin, manager, quotas.provider, quota_store.provider
+        ),
     )
 
     # --- background workers and the whole ------------------------------------------

@@ -17,6 +17,7 @@ One error tree for every deliberate failure in Lake.
     ├─ MeshError(LakeError)                     a peer answered with an error
     └─ TransientError(LakeError)                retry-safe; paired with a domain base
        ├─ ResourceExhaustedError(TransientError)   out of connections or quota
+       │  └─ QuotaExceededError                  a tenant's quota; names it
        ├─ CircuitOpenError(TransientError)         a dependency's breaker is open
        ├─ StoreUnavailableError(TransientError, StoreError)
        └─ MeshUnavailableError(TransientError, MeshError)
@@ -43,6 +44,7 @@ __all__ = [
     "MeshError",
     "MeshUnavailableError",
     "NotFoundError",
+    "QuotaExceededError",
     "ResourceExhaustedError",
     "StoreError",
     "StoreUnavailableError",
@@ -174,6 +176,22 @@ class ResourceExhaustedError(TransientError):
     """
     A bounded resource (pool connections, a quota) has nothing left right now.
     """
+
+
+class QuotaExceededError(ResourceExhaustedError):
+    """
+    A tenant used up one of its quotas: ``quota`` names it (``read_per_s``,
+    ``max_vectors``), ``retry_after`` says in seconds when trying again may succeed
+    (None when waiting will not help: a storage cap). Never retried by Lake.
+    """
+
+    def __init__(
+        self, quota: str, tenant: str, retry_after: float | None = None
+    ) -> None:
+        self.quota = quota
+        self.tenant = tenant
+        self.retry_after = retry_after
+        super().__init__(f"quota {quota} exceeded for tenant {tenant}")
 
 
 class StoreUnavailableError(TransientError, StoreError):

@@ -28,6 +28,7 @@ from lake.errors import (
     LakeError,
     LifecycleError,
     NotFoundError,
+    QuotaExceededError,
     ResourceExhaustedError,
     StoreUnavailableError,
     TransientError,
@@ -56,6 +57,7 @@ from lake.models import (
     VectorMatch,
 )
 from lake.offload import run_heavy
+from lake.opclasses import OPERATION_CLASSES
 from lake.operations import (
     AggregatePoints,
     CreateCollection,
@@ -74,7 +76,7 @@ from lake.operations import (
     WritePoints,
     WritePointsMany,
 )
-from lake.opmetrics import OperationMetrics
+from lake.opmetrics import OperationMetrics, QuotaRejections
 from lake.ports import Components, ResourceSet
 from lake.protection import Protection
 from lake.resilience import RetryPolicy, is_transient
@@ -114,6 +116,7 @@ class ServiceManager:
             does not blame a dependency for a check the loop was too busy to hear.
         usage: counts calls, failures and latency per operation kind.
         protection: breakers, retry budgets and adaptive timeouts per dependency.
+        quota_rejections: counts the calls a tenant's quota refused, by quota.
         metrics: counts calls by status code and their durations (Prometheus).
     """
 
@@ -131,6 +134,7 @@ class ServiceManager:
         loop_lag: LoopLag | None = None,
         usage: Usage | None = None,
         protection: Protection | None = None,
+        quota_rejections: QuotaRejections | None = None,
         metrics: OperationMetrics | None = None,
     ) -> None:
         self._resources = resources
@@ -150,6 +154,7 @@ class ServiceManager:
         self._metrics = metrics or OperationMetrics()
         self._routes = ROUTES
         self._protection = protection or Protection()
+        self._quota_rejections = quota_rejections
         # Reads get adaptive attempt timeouts; a write cut by a guessed timeout
         # would be retried at full cost, so writes have the caller's deadline.
         self._adaptive = {t for t, r in ROUTES.items() if r.scope is not None}
@@ -290,6 +295,8 @@ class ServiceManager:
             # A server without pgvector still serves time series and features.
             Check("vectors", c.vectors.ping, critical=False),
         ]
+        if c.quotas is not None:  # "quotas local": Redis lost, counted per instance
+            checks.append(Check("quotas", c.quotas.ping, critical=False))
         # A missing peer degrades Lake: only the operations that need it fail.
         checks += [
             Check(
@@ -369,9 +376,12 @@ class ServiceManager:
         started = time.perf_counter()
         with operation_context(tenant=operation.tenant, operation=name):
             try:
+                await self._admit(operation)  # quotas: validated, before the pool
                 return await self._bounded(route, operation)
             except LakeError as exc:
                 failure = _failure_kind(exc)
+                if isinstance(exc, QuotaExceededError) and self._quota_rejections:
+                    self._quota_rejections.rejected(exc.quota)
                 raise
             except BaseException as exc:  # the caller left, or a bug (INTERNAL)
                 cancelled = isinstance(exc, asyncio.CancelledError)
@@ -381,6 +391,11 @@ class ServiceManager:
                 took = time.perf_counter() - started
                 self._usage.record(name, took * 1000.0, failure)
                 self._metrics.record(name, operation.tenant, took, failure)
+
+    async def _admit(self, op: Operation) -> None:
+        quotas = self._running().quotas
+        if quotas is not None:
+            await quotas.admit(op.tenant, OPERATION_CLASSES[type(op)])
 
     async def _bounded(self, route: Route, op: Any) -> object:
         # One bound for the whole operation, retries included: the caller's deadline

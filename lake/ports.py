@@ -34,6 +34,7 @@ __all__ = [
     "Database",
     "Mesh",
     "Migrator",
+    "Quotas",
     "Reads",
     "Relay",
     "ResourceSet",
@@ -332,6 +333,17 @@ class Migrator(Protocol):
         """
 
 
+class Quotas(Pingable, Protocol):
+    """
+    Per-tenant rate quotas by operation class (``lake.quotas.rates``).
+    """
+
+    async def admit(self, tenant: str, operation_class: str) -> None:
+        """
+        Count one call, or raise QuotaExceededError.
+        """
+
+
 @dataclass(frozen=True, slots=True)
 class Components:
     """
@@ -347,6 +359,7 @@ class Components:
     mesh: Mesh
     migrator: Migrator
     relay: Relay
+    quotas: Quotas | None = None
 
 
 class ResourceSet(Protocol):

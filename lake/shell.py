@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from lake.api.channels import client_channel, tls_options
+from lake.cli_quotas import register_quotas
 from lake.cli_tokens import register_tokens
 from lake.cli_usage import register_usage
 from lake.console import (
@@ -59,6 +60,7 @@ def register(
 
     register_tokens(group, target)
     register_usage(group, target)
+    register_quotas(group, target)
 
     @group.group()
     def peer() -> None:

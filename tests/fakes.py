@@ -380,6 +380,24 @@ class FakeMigrator:
         return MigrationReport()
 
 
+class FakeQuotas:
+    """
+    Rate quotas that admit every call and remember it; ``refuse`` refuses them.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.refuse: Exception | None = None
+
+    async def admit(self, tenant: str, operation_class: str) -> None:
+        self.calls.append((tenant, operation_class))
+        if self.refuse is not None:
+            raise self.refuse
+
+    async def ping(self) -> str | None:
+        return None
+
+
 @dataclass
 class Fakes:
     """

@@ -21,6 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from lake.api.admission import Admission
 from lake.api.auth import Keyring
+from lake.api.quotas import QuotaAdmin, QuotasServicer, no_quotas
 from lake.api.reflection import enable_reflection
 from lake.api.servicer import SpatialServicer, TimeSeriesServicer, VectorsServicer
 from lake.api.tokens import TokensServicer
@@ -35,6 +36,8 @@ from lake.v1 import health_pb2_grpc as lake_health_grpc
 from lake.v1 import (
     lake_pb2,
     lake_pb2_grpc,
+    quotas_pb2,
+    quotas_pb2_grpc,
     tokens_pb2,
     tokens_pb2_grpc,
     usage_pb2,
@@ -160,6 +163,7 @@ class LakeServer:
         token_refresh: float = 2.0,
         status_board: StatusBoard | None = None,
         usage: UsageServicer | None = None,
+        quotas: QuotaAdmin = no_quotas,
     ) -> None:
         self._manager = manager
         self._address = address
@@ -216,12 +220,16 @@ class LakeServer:
         )
         if usage is not None:
             usage_pb2_grpc.add_UsageServicer_to_server(usage, self._server)
+        quotas_pb2_grpc.add_QuotasServicer_to_server(
+            QuotasServicer(quotas), self._server
+        )
         if reflection_enabled:
             names = (
                 *(s.full_name for s in lake_pb2.DESCRIPTOR.services_by_name.values()),
                 lake_health_pb2.DESCRIPTOR.services_by_name["LakeHealth"].full_name,
                 tokens_pb2.DESCRIPTOR.services_by_name["Tokens"].full_name,
                 *(() if usage is None else (_USAGE_SERVICE,)),
+                quotas_pb2.DESCRIPTOR.services_by_name["Quotas"].full_name,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             )
             enable_reflection(names, self._server)

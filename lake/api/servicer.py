@@ -19,7 +19,8 @@ from lake.api import convert
 from lake.api.auth import current_tenant
 from lake.api.errors import pushback, status_of
 from lake.api.fields import request_field
-from lake.errors import DeadlineExceededError, ValidationError
+from lake.api.quota_status import quota_status
+from lake.errors import DeadlineExceededError, QuotaExceededError, ValidationError
 from lake.manager import ServiceManager
 from lake.models import Collection, Limits, Point, TextItem, VectorItem
 from lake.offload import run_heavy
@@ -56,6 +57,12 @@ def _serve(handler: Handler[R]) -> Callable[[Any, Any, Context], Awaitable[R]]:
     async def rpc(self: Any, request: Any, context: Context) -> R:
         try:
             return await handler(self, request, context, current_tenant())
+        except QuotaExceededError as exc:
+            # RESOURCE_EXHAUSTED with QuotaFailure, RetryInfo and retry-after-ms.
+            # (abort_with_status, spelled out: the aio stubs lack it)
+            status = quota_status(exc)
+            await context.abort(status.code, status.details, status.trailing_metadata)
+            raise  # unreachable: abort raises
         except Exception as exc:
             failure = (
                 request_field(method, exc) if isinstance(exc, ValidationError) else exc

@@ -15,6 +15,7 @@ from typing import Any
 
 from lake.models import SPATIAL_SCOPE, Feature, FeatureMatch
 from lake.stores.database import Database, record_write
+from lake.stores.quotas import UNLIMITED, CapsOf, charge
 
 __all__ = ["PgSpatialStore"]
 
@@ -34,8 +35,11 @@ class PgSpatialStore:
     Features per tenant, found by distance, box or polygon.
     """
 
-    def __init__(self, db: Database, *, events: bool = False) -> None:
+    def __init__(
+        self, db: Database, *, events: bool = False, caps: CapsOf | None = None
+    ) -> None:
         self._db = db
+        self._caps = caps or (lambda _: UNLIMITED)
         self._events = events
 
     async def upsert(self, tenant: str, features: list[Feature]) -> int:
@@ -46,7 +50,15 @@ class PgSpatialStore:
             (tenant, f.id, float(f.lon), float(f.lat), json.dumps(f.properties))
             for f in features
         ]
+        ids = list({f.id for f in features})
         async with self._db.transaction(tenant) as conn:
+            # Ids stored already are replaced, not counted again. (Two concurrent
+            # upserts of one new id may both count it: the cap errs on refusing.)
+            existing = await conn.fetchval(
+                "SELECT count(*) FROM features WHERE tenant_id = $1 AND id = ANY($2)",
+                tenant,
+                ids,
+            )
             await conn.executemany(
                 "INSERT INTO features (tenant_id, id, lon, lat, properties)"
                 " VALUES ($1, $2, $3, $4, $5::jsonb)"
@@ -62,6 +74,8 @@ class PgSpatialStore:
                 SPATIAL_SCOPE,
                 ("features.upserted", event) if self._events else None,
             )
+            added = len(ids) - int(existing)
+            await charge(conn, tenant, self._caps(tenant), features=added)
         self._db.wrote("features", len(rows))
         return len(rows)
 

@@ -29,6 +29,7 @@ from lake.models import (
 )
 from lake.stores.cursor import FORGED, CursorSigner
 from lake.stores.database import Database, record_write
+from lake.stores.quotas import UNLIMITED, CapsOf, charge
 
 __all__ = ["MaintenanceReport", "PgTimeSeriesStore"]
 
@@ -111,8 +112,10 @@ class PgTimeSeriesStore:
         cursor_key: str = "",
         clock: Callable[[], datetime] = utcnow,
         events: bool = False,
+        caps: CapsOf | None = None,
     ) -> None:
         self._db = db
+        self._caps = caps or (lambda _: UNLIMITED)
         self._events = events
         self._retention = timedelta(days=retention_days)
         self._future = timedelta(days=future_days)
@@ -295,6 +298,7 @@ class PgTimeSeriesStore:
                     series_scope(metric),
                     ("points.written", event) if self._events else None,
                 )
+            await charge(conn, tenant, self._caps(tenant), points=stored)
         self._db.wrote("ts_data", stored)
         return stored
 

@@ -26,6 +26,7 @@ from lake.errors import (
 from lake.models import Collection, VectorItem, VectorMatch, vector_scope
 from lake.offload import run_heavy
 from lake.stores.database import Database, record_write
+from lake.stores.quotas import UNLIMITED, CapsOf, charge
 
 __all__ = ["PgVectorStore"]
 
@@ -59,9 +60,15 @@ class PgVectorStore:
     """
 
     def __init__(
-        self, db: Database, *, default_ef_search: int = 40, events: bool = False
+        self,
+        db: Database,
+        *,
+        default_ef_search: int = 40,
+        events: bool = False,
+        caps: CapsOf | None = None,
     ) -> None:
         self._db = db
+        self._caps = caps or (lambda _: UNLIMITED)
         self._events = events
         self._default_ef_search = default_ef_search
         self._ready = False
@@ -108,6 +115,7 @@ class PgVectorStore:
                 f" ((embedding::vector({collection.dim})) {ops})"
                 f" WHERE collection_id = {cid}"
             )
+            await charge(conn, tenant, self._caps(tenant), collections=1)
         self._known[(tenant, collection.name)] = _Known(cid, collection)
         return collection
 
@@ -166,13 +174,16 @@ class PgVectorStore:
                 records=rows,
                 columns=["id", "embedding", "metadata"],
             )
-            await conn.execute(
-                "INSERT INTO vector_items"
+            # xmax = 0 on a row this statement inserted (not one it replaced): the
+            # storage counter counts new ids only, in the same round trip.
+            added = await conn.fetchval(
+                "WITH merged AS (INSERT INTO vector_items"
                 " (tenant_id, collection_id, id, embedding, metadata)"
                 " SELECT $1, $2, id, embedding, metadata FROM lake_vector_stage"
                 " ON CONFLICT (collection_id, id) DO UPDATE SET"
                 " embedding = EXCLUDED.embedding, metadata = EXCLUDED.metadata,"
-                " updated_at = now()",
+                " updated_at = now() RETURNING (xmax = 0) AS fresh)"
+                " SELECT count(*) FILTER (WHERE fresh) FROM merged",
                 tenant,
                 known.id,
             )
@@ -183,6 +194,7 @@ class PgVectorStore:
                 vector_scope(collection),
                 ("vectors.upserted", event) if self._events else None,
             )
+            await charge(conn, tenant, self._caps(tenant), vectors=int(added))
         self._db.wrote("vector_items", len(rows))
         return len(rows)
 
@@ -250,6 +262,8 @@ class PgVectorStore:
                 vector_scope(collection),
                 ("vectors.deleted", event) if self._events else None,
             )
+            if deleted:
+                await charge(conn, tenant, vectors=-deleted)
         return deleted
 
     async def ping(self) -> str | None:

@@ -39,6 +39,7 @@ async def test_health_is_up_on_real_servers(manager):
         "timeseries": Status.UP,
         "spatial": Status.UP,
         "vectors": Status.UP,
+        "quotas": Status.UP,
         "event_loop": Status.UP,
     }
     assert report.ready

@@ -18,6 +18,7 @@ from tests.fakes import (
     FakeDatabase,
     FakeMesh,
     FakeMigrator,
+    FakeQuotas,
     FakeRelay,
     FakeResource,
     FakeSpatialStore,
@@ -40,6 +41,7 @@ def overridden(settings: dict[str, Any], **extra: object) -> tuple[Any, Any, lis
         "spatial": FakeSpatialStore(),
         "migrator": FakeMigrator(),
         "relay": FakeRelay(),
+        "quotas": FakeQuotas(),
     }
     fakes.update(extra)
     for name, fake in fakes.items():

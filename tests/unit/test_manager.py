@@ -5,6 +5,7 @@ ServiceManager with fake components passed straight to its constructor.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -13,6 +14,7 @@ import pytest
 from lake.errors import (
     CircuitOpenError,
     LifecycleError,
+    QuotaExceededError,
     StoreError,
     StoreUnavailableError,
     ValidationError,
@@ -31,6 +33,7 @@ from lake.operations import (
     VectorItem,
     WritePoints,
 )
+from lake.opmetrics import QuotaRejections
 from lake.protection import (
     BreakerSettings,
     BudgetSettings,
@@ -39,7 +42,7 @@ from lake.protection import (
     TimeoutSettings,
 )
 from lake.resilience import RetryPolicy
-from tests.fakes import FakeMesh, FakeResourceSet, Fakes
+from tests.fakes import FakeMesh, FakeQuotas, FakeResourceSet, Fakes
 
 
 def make_manager(resources: FakeResourceSet | None = None) -> ServiceManager:
@@ -439,3 +442,23 @@ async def test_an_open_breaker_answers_at_once_without_reaching_a_store():
     assert 59 < refused.value.retry_after_s <= 60
     assert len(fakes.vectors.fail_next) == 1
     assert manager.stats["UpsertVectors"].failures == {"unavailable": 1}
+
+
+async def test_quota_refusals_are_counted_by_quota_and_not_retried():
+    fakes = Fakes()
+    quotas = FakeQuotas()
+    quotas.refuse = QuotaExceededError("read_per_s", "t1", 0.5)
+    components = dataclasses.replace(fakes.components(), quotas=quotas)
+    rejections = QuotaRejections()
+    manager = ServiceManager(
+        FakeResourceSet(components),
+        limits=Limits(max_batch=100, max_top_k=100),
+        startup=RetryPolicy(attempts=3, timeout=5.0),
+        operations=RetryPolicy(attempts=3, timeout=5.0),
+        quota_rejections=rejections,
+    )
+    await manager.start()
+    with pytest.raises(QuotaExceededError):
+        await manager.coordinate(FeaturesNearby("t1", 1.0, 2.0, 100.0))
+    assert len(quotas.calls) == 1  # refused once, not retried
+    assert rejections.counts == {"read_per_s": 1}
