@@ -107,6 +107,9 @@ class AdmissionInterceptor(_Interceptor):
 
     def __init__(self, admission: Admission) -> None:
         self._admission = admission
+        # One wrapped handler per method, reused while the inner handler is the same
+        # object: the per-call cost is a dict lookup, not new closures.
+        self._wrapped: dict[str, tuple[Any, Any]] = {}
 
     async def intercept_service(
         self,
@@ -117,11 +120,17 @@ class AdmissionInterceptor(_Interceptor):
         method = details.method
         if handler is None or method.startswith(_PROBES):
             return handler
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
         if method.startswith(_STREAMS):
-            return _wrap(handler, self._stream_slot)
-        if method.startswith(_API_PREFIX):
-            return _wrap(handler, self._api_slot)
-        return handler
+            wrapped = _wrap(handler, self._stream_slot)
+        elif method.startswith(_API_PREFIX):
+            wrapped = _wrap(handler, self._api_slot)
+        else:
+            return handler
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
 
     def _api_slot(self, context: Any) -> Callable[[], None] | None:
         admission = self._admission

@@ -338,6 +338,9 @@ class AuthInterceptor(_Interceptor):
         self._max_deadline = max_deadline
         self._enabled = enabled
         self._limiter = limiter or FailureLimiter()
+        # One guarded handler per method, reused while the inner handler is the same
+        # object: the per-call cost is a dict lookup, not new closures.
+        self._wrapped: dict[str, tuple[Any, Any]] = {}
 
     async def intercept_service(
         self,
@@ -348,6 +351,15 @@ class AuthInterceptor(_Interceptor):
         method = details.method
         if handler is None or _is_open(method):
             return handler
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(handler, method)
+        if wrapped is not None:
+            self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, handler: Any, method: str) -> Any:
         needs = METHOD_SCOPES.get(method, Scope.ADMIN)  # unknown: fail closed
         if handler.unary_unary is not None:
             return handler._replace(unary_unary=self._guard(handler.unary_unary, needs))
