@@ -27,6 +27,7 @@ import random
 import statistics
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import asyncpg
@@ -85,7 +86,7 @@ async def admit_costs(redis_end: Endpoint, n: int) -> dict[str, float]:
             book = QuotaBook({"read_per_s": 1e6})
             quotas = RateQuotas(book, redis, strategy=strategy, lease=lease)
             costs[f"admitted, {strategy}, lease {lease:g}"] = await per_call_us(
-                lambda q=quotas: q.admit(TENANT, "read"), n
+                partial(quotas.admit, TENANT, "read"), n
             )
             assert quotas.local_calls == 0, "measured the local fallback"
         # A window of 60 s holding 1 call: every call after the first is refused.
