@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import structlog
 
+from lake.api.wrapped import WrappedHandlers
+
 __all__ = ["Admission", "AdmissionInterceptor"]
 
 log = structlog.get_logger(__name__)
@@ -107,9 +109,7 @@ class AdmissionInterceptor(_Interceptor):
 
     def __init__(self, admission: Admission) -> None:
         self._admission = admission
-        # One wrapped handler per method, reused while the inner handler is the same
-        # object: the per-call cost is a dict lookup, not new closures.
-        self._wrapped: dict[str, tuple[Any, Any]] = {}
+        self._wrapped = WrappedHandlers()
 
     async def intercept_service(
         self,
@@ -120,17 +120,11 @@ class AdmissionInterceptor(_Interceptor):
         method = details.method
         if handler is None or method.startswith(_PROBES):
             return handler
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
         if method.startswith(_STREAMS):
-            wrapped = _wrap(handler, self._stream_slot)
-        elif method.startswith(_API_PREFIX):
-            wrapped = _wrap(handler, self._api_slot)
-        else:
-            return handler
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
+            return self._wrapped.get(method, handler, _wrap, self._stream_slot)
+        if method.startswith(_API_PREFIX):
+            return self._wrapped.get(method, handler, _wrap, self._api_slot)
+        return handler
 
     def _api_slot(self, context: Any) -> Callable[[], None] | None:
         admission = self._admission

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import grpc
 import structlog
 
+from lake.api.wrapped import WrappedHandlers
 from lake.deadline import deadline_scope
 from lake.errors import LakeError
 from lake.tokens import Scope, TokenRecord, TokenStore, hash_token, new_token
@@ -338,9 +339,7 @@ class AuthInterceptor(_Interceptor):
         self._max_deadline = max_deadline
         self._enabled = enabled
         self._limiter = limiter or FailureLimiter()
-        # One guarded handler per method, reused while the inner handler is the same
-        # object: the per-call cost is a dict lookup, not new closures.
-        self._wrapped: dict[str, tuple[Any, Any]] = {}
+        self._wrapped = WrappedHandlers()
 
     async def intercept_service(
         self,
@@ -351,13 +350,7 @@ class AuthInterceptor(_Interceptor):
         method = details.method
         if handler is None or _is_open(method):
             return handler
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = self._wrap(handler, method)
-        if wrapped is not None:
-            self._wrapped[method] = (handler, wrapped)
-        return wrapped
+        return self._wrapped.get(method, handler, self._wrap, method)
 
     def _wrap(self, handler: Any, method: str) -> Any:
         needs = METHOD_SCOPES.get(method, Scope.ADMIN)  # unknown: fail closed

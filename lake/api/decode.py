@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import structlog
 
+from lake.api.wrapped import WrappedHandlers
 from lake.errors import UndecodableRequestError
 
 __all__ = ["DecodeGuard"]
@@ -41,9 +42,7 @@ class DecodeGuard(_Interceptor):
     """
 
     def __init__(self) -> None:
-        # One wrapped handler per method, reused while the inner handler is the same
-        # object: the per-call cost is a dict lookup.
-        self._wrapped: dict[str, tuple[Any, Any]] = {}
+        self._wrapped = WrappedHandlers()
 
     async def intercept_service(
         self,
@@ -53,12 +52,7 @@ class DecodeGuard(_Interceptor):
         handler = await continuation(details)
         if handler is None or handler.request_deserializer is None:
             return handler
-        cached = self._wrapped.get(details.method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = _guard(handler, details.method)
-        self._wrapped[details.method] = (handler, wrapped)
-        return wrapped
+        return self._wrapped.get(details.method, handler, _guard, details.method)
 
 
 def _guard(handler: Any, method: str) -> Any:

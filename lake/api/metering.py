@@ -27,6 +27,7 @@ import grpc
 from google.protobuf.message import Message
 
 from lake.api.auth import current_principal
+from lake.api.wrapped import WrappedHandlers
 from lake.metering import OK, Meter, close_charge, open_charge
 
 __all__ = ["METERED", "Metered", "MeteringInterceptor"]
@@ -135,8 +136,7 @@ class MeteringInterceptor(_Interceptor):
     def __init__(self, meter: Meter, *, enabled: bool = True) -> None:
         self._meter = meter
         self._enabled = enabled
-        # One wrapped handler per method while grpc hands the same inner handler.
-        self._wrapped: dict[str, tuple[Any, Any]] = {}
+        self._wrapped = WrappedHandlers()
 
     async def intercept_service(
         self,
@@ -147,12 +147,7 @@ class MeteringInterceptor(_Interceptor):
         metered = METERED.get(details.method)
         if handler is None or metered is None or not self._enabled:
             return handler
-        cached = self._wrapped.get(details.method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = self._wrap(handler, metered)
-        self._wrapped[details.method] = (handler, wrapped)
-        return wrapped
+        return self._wrapped.get(details.method, handler, self._wrap, metered)
 
     def _wrap(self, handler: Any, metered: Metered) -> Any:
         decode = handler.request_deserializer or (lambda b: b)
