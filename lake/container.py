@@ -329,12 +329,18 @@ class Container(containers.DeclarativeContainer):
         gate=pg_gate,
         pool_metrics=pool_metrics,
     )
+    # The event loop's lag: health shows it, and a Redis timeout while the loop
+    # itself stalled is not held against Redis.
+    loop_lag = providers.Singleton(
+        LoopLag, threshold_ms=config.health.loop_lag_threshold_ms
+    )
     cache = providers.Singleton(
         RedisCache,
         redis,
         timeout=config.cache.timeout,
         ttl_s=config.cache.ttl_s,
         breaker=protection.provided.redis.breaker,
+        loop_lag=loop_lag,
     )
     # Change events are recorded (outbox) only when a stream peer is configured.
     events = providers.Callable(_has_stream, config.mesh.peers)
@@ -415,9 +421,6 @@ class Container(containers.DeclarativeContainer):
     usage = providers.Singleton(Usage)
     operation_metrics = providers.Singleton(
         OperationMetrics, config.metrics.tenant_labels
-    )
-    loop_lag = providers.Singleton(
-        LoopLag, threshold_ms=config.health.loop_lag_threshold_ms
     )
 
     limits = providers.Singleton(

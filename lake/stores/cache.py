@@ -25,6 +25,7 @@ import structlog
 
 from lake.codec import Codec, cache_key
 from lake.errors import CircuitOpenError, StoreUnavailableError
+from lake.lag import LoopLag
 from lake.ports import Cache, Database
 from lake.protection import BreakerSettings, BreakerState, CircuitBreaker, Outcome
 
@@ -152,6 +153,7 @@ class RedisCache:
         timeout: float = 0.1,
         ttl_s: int = 300,
         breaker: CircuitBreaker | None = None,
+        loop_lag: LoopLag | None = None,
         log_interval_s: float = 30.0,
         near_entries: int = 4096,
     ) -> None:
@@ -161,6 +163,7 @@ class RedisCache:
         self._breaker = breaker or CircuitBreaker(
             "redis", BreakerSettings(min_calls=5, open_wait_s=1.0)
         )
+        self._loop_lag = loop_lag
         self._log_interval_s = log_interval_s
         self._last_logged = float("-inf")
         self._inflight: dict[str, asyncio.Future[Any]] = {}
@@ -182,10 +185,20 @@ class RedisCache:
         """
         return not self._breaker.refusing()
 
-    def _failed(self, action: str, exc: BaseException) -> Outcome:
+    def _failed(self, action: str, exc: BaseException, started: float) -> Outcome:
         if _pool_busy(exc):
             # Every pooled connection is in use: Lake is busy, Redis is not sick.
             # A miss, which the breaker ignores.
+            self.busy += 1
+            return Outcome.IGNORED
+        lag = self._loop_lag
+        if (
+            isinstance(exc, TimeoutError)
+            and lag is not None
+            and lag.stalled_since(started) >= self._timeout / 2
+        ):
+            # The loop itself was too busy to hear the answer in time: a miss, not
+            # Redis's failure (a saturated Lake must not switch its cache off).
             self.busy += 1
             return Outcome.IGNORED
         self.errors += 1
@@ -214,7 +227,7 @@ class RedisCache:
             async with asyncio.timeout(self._timeout):
                 value = await self._client.get(key)
         except (aioredis.RedisError, OSError, TimeoutError) as exc:
-            outcome = self._failed("get", exc)
+            outcome = self._failed("get", exc, started)
             return None
         except BaseException:
             outcome = Outcome.IGNORED  # cancelled: says nothing of Redis
@@ -237,7 +250,7 @@ class RedisCache:
             async with asyncio.timeout(self._timeout):
                 await self._client.set(key, value, ex=self._ttl_s)
         except (aioredis.RedisError, OSError, TimeoutError) as exc:
-            outcome = self._failed("set", exc)
+            outcome = self._failed("set", exc, started)
         except BaseException:
             outcome = Outcome.IGNORED
             raise

@@ -1,0 +1,66 @@
+"""
+Redis's breaker in the read cache: Redis's own failures open it; a loop too busy
+to hear Redis in time does not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from lake.protection import BreakerSettings, BreakerState, CircuitBreaker
+from lake.stores.cache import RedisCache
+
+
+class SilentRedis:
+    """A Redis client whose every call hangs (a silent server)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def get(self, key: str) -> Any:
+        self.calls += 1
+        await asyncio.Event().wait()
+
+    async def set(self, key: str, value: bytes, ex: int) -> Any:
+        self.calls += 1
+        await asyncio.Event().wait()
+
+
+class StalledLoop:
+    """A loop-lag record saying the loop stalled all along."""
+
+    def stalled_since(self, started: float) -> float:
+        return 10.0
+
+
+def cache(lag: Any = None) -> tuple[RedisCache, CircuitBreaker, SilentRedis]:
+    client = SilentRedis()
+    breaker = CircuitBreaker("redis", BreakerSettings(min_calls=5, open_wait_s=60))
+    redis_cache = RedisCache(
+        client,  # type: ignore[arg-type]
+        timeout=0.01,
+        breaker=breaker,
+        loop_lag=lag,
+    )
+    return redis_cache, breaker, client
+
+
+async def test_timeouts_of_a_silent_redis_open_its_breaker_then_skip_it() -> None:
+    redis_cache, breaker, client = cache()
+    for i in range(5):
+        assert await redis_cache.get(f"k{i}") is None
+    assert breaker.state is BreakerState.OPEN
+    assert not redis_cache.available
+    assert await redis_cache.get("later") is None
+    assert client.calls == 5  # skipped while open
+
+
+async def test_timeouts_while_the_loop_stalled_are_not_held_against_redis() -> None:
+    redis_cache, breaker, client = cache(StalledLoop())
+    for i in range(20):
+        assert await redis_cache.get(f"k{i}") is None
+    assert breaker.state is BreakerState.CLOSED
+    assert redis_cache.available
+    assert client.calls == 20
+    assert redis_cache.stats()["busy"] == 20
