@@ -284,3 +284,34 @@ async def test_redis_lost_quotas_go_local_and_health_says_so(lake_settings, tmp_
             await eventually(shared)
     finally:
         redis.stop()
+
+
+async def test_a_rate_of_20_per_second_holds_across_two_instances(lake_settings):
+    """read_per_s 20 on two Lakes, asked as fast as they answer for 5 s: the calls
+    accepted over both are within 20 % of 100; another tenant is never refused."""
+    lake_settings["quotas"]["default"]["read_per_s"] = 20
+    lake_settings["redis"]["socket_timeout"] = 2.0  # no fail-open on a slow CI
+    async with (
+        running_lake(lake_settings) as (_, _, one),
+        running_lake(lake_settings) as (_, _, two),
+    ):
+        stubs = [lake_pb2_grpc.SpatialStub(c) for c in (one, two)]
+        codes: list[grpc.StatusCode] = []
+        others: list[grpc.StatusCode] = []
+        ends = time.monotonic() + 5.0
+
+        async def caller(i: int) -> None:
+            while time.monotonic() < ends:
+                codes.append(await outcome(stubs[i % 2]))
+
+        async def other() -> None:
+            while time.monotonic() < ends:
+                others.append(await outcome(stubs[0], "token-b"))
+                await asyncio.sleep(0.5)  # well under its own budget
+
+        await asyncio.gather(*(caller(i) for i in range(8)), other())
+        accepted = codes.count(grpc.StatusCode.OK)
+        assert set(codes) == {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
+        assert 80 <= accepted <= 120, accepted
+        assert len(codes) > 2 * accepted  # it was asked for far more
+        assert set(others) == {grpc.StatusCode.OK}
