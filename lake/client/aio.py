@@ -14,6 +14,7 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
 from lake.client import wire
 from lake.client.channel import TLS, Target, credentials, options, target_of
@@ -55,6 +56,12 @@ __all__ = ["DEFAULT_TIMEOUT_S", "LakeClient"]
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
+M = TypeVar("M", bound=Message)
+
+
+def _serialized(message: Message) -> bytes:
+    return message.SerializeToString()
+
 
 DEFAULT_TIMEOUT_S = 30.0
 
@@ -139,6 +146,27 @@ class LakeClient:
             )
         except grpc.aio.AioRpcError as exc:
             raise error_of(exc) from exc
+
+    async def invoke(
+        self,
+        path: str,
+        request: Message,
+        reply_type: type[M],
+        *,
+        timeout: float | None = None,
+    ) -> M:
+        """
+        Any unary method by its path (``/lake.v1.Vectors/Search``), with protobuf
+        messages in and out; the token, deadline, retries and errors as for the
+        typed methods.
+        """
+        method = self.channel.unary_unary(
+            path,
+            request_serializer=_serialized,
+            response_deserializer=reply_type.FromString,
+        )
+        reply: M = await self._call(method, request, timeout)
+        return reply
 
     # --- vectors ---------------------------------------------------------------
 

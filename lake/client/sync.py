@@ -11,6 +11,7 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
 from lake.client import wire
 from lake.client.aio import DEFAULT_TIMEOUT_S
@@ -53,6 +54,11 @@ __all__ = ["Client"]
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
+M = TypeVar("M", bound=Message)
+
+
+def _serialized(message: Message) -> bytes:
+    return message.SerializeToString()
 
 
 def _metadata(token: str | None) -> tuple[tuple[str, str], ...]:
@@ -135,6 +141,27 @@ class Client:
             )
         except grpc.RpcError as exc:
             raise error_of(exc) from exc
+
+    def invoke(
+        self,
+        path: str,
+        request: Message,
+        reply_type: type[M],
+        *,
+        timeout: float | None = None,
+    ) -> M:
+        """
+        Any unary method by its path (``/lake.v1.Vectors/Search``), with protobuf
+        messages in and out; the token, deadline, retries and errors as for the
+        typed methods.
+        """
+        method = self.channel.unary_unary(
+            path,
+            request_serializer=_serialized,
+            response_deserializer=reply_type.FromString,
+        )
+        reply: M = self._call(method, request, timeout)
+        return reply
 
     # --- vectors ---------------------------------------------------------------
 
