@@ -364,3 +364,13 @@ def test_importing_the_client_needs_no_server_dependency():
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == ""
+
+
+def test_the_readme_documents_the_policy_in_use():
+    """The README's service config is the one lake.client sends."""
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme.split("**The retry policy**", 1)[1]
+    block = section.split("```json\n", 1)[1].split("```", 1)[0]
+    assert json.loads(block) == RETRY_SERVICE_CONFIG
