@@ -254,6 +254,16 @@ async def test_round_robin_spreads_calls_over_an_address_list():
     assert seen == {"one", "two"}
 
 
+async def test_a_dns_target_is_resolved_and_balanced():
+    """A dns:/// name reaches the server it resolves to, with the policy on."""
+    script = Script(failures=1)
+    async with fake_server(script) as address:
+        port = address.rsplit(":", 1)[1]
+        async with LakeClient(f"dns:///127.0.0.1:{port}") as lake:
+            assert (await lake.health()).ready is True
+    assert script.attempts == 2
+
+
 async def test_the_sync_client_works_from_a_plain_thread():
     """Client needs no event loop: a worker thread calls it, retries included."""
     script = Script(failures=1)
