@@ -22,15 +22,15 @@ import click
 import structlog
 
 from lake import console, shell
-from lake.api.channels import client_channel, tls_options
+from lake.api.channels import client_for, tls_options
 from lake.bootstrap import Lake
+from lake.client import HealthReport
 from lake.config import load_settings, masked, secret_values
 from lake.container import aresolve, create_container
 from lake.errors import ConfigError, LakeError
 from lake.logs import configure_logging, register_secrets
 from lake.resources.embedded import embedded_servers
 from lake.schema import listen_problem
-from lake.v1 import health_pb2, health_pb2_grpc
 
 __all__ = ["main"]
 
@@ -305,7 +305,8 @@ def health(
     Ask the running server for every component's health; exit 1 when not ready.
     """
     target = _target(ctx, address)
-    reply = _ask_health(target, "health", timeout, health_pb2.GetHealthRequest())
+    with client_for(target, token=None, timeout=timeout) as lake:
+        reply = console.answer_or_exit(lake.channel, "health", target, lake.health)
     if as_json:
         click.echo(json.dumps(_report_dict(reply), indent=2))
     else:
@@ -320,39 +321,15 @@ def _target(ctx: click.Context, address: str | None) -> str:
     return address or str(_settings(ctx)["grpc"]["address"])
 
 
-def _ask_health(
-    target: str, command: str, timeout: float, request: Any, token: str | None = None
-) -> Any:
-    """
-    Call LakeHealth.GetHealth or GetStatus (which needs an admin ``token``); exit 1
-    when the server refuses the call (a missing or non-admin token included), 2
-    when no server answers.
-    """
-    metadata = (("authorization", f"Bearer {token}"),) if token else ()
-    with client_channel(target) as channel:
-        stub = health_pb2_grpc.LakeHealthStub(channel)
-        method = stub.GetHealth if command == "health" else stub.GetStatus
-        return console.answer_or_exit(
-            channel,
-            command,
-            target,
-            lambda: method(request, timeout=timeout, metadata=metadata),
-        )
-
-
-def _status_name(value: int) -> str:
-    return health_pb2.Status.Name(value).removeprefix("STATUS_")  # type: ignore[arg-type]
-
-
-def _report_dict(reply: health_pb2.GetHealthResponse) -> dict[str, Any]:
+def _report_dict(reply: HealthReport) -> dict[str, Any]:
     return {
-        "status": _status_name(reply.status),
+        "status": reply.status,
         "ready": reply.ready,
         "state": reply.state,
         "components": [
             {
                 "name": c.name,
-                "status": _status_name(c.status),
+                "status": c.status,
                 "latency_ms": c.latency_ms,
                 "reason": c.reason,
                 "critical": c.critical,
@@ -362,16 +339,12 @@ def _report_dict(reply: health_pb2.GetHealthResponse) -> dict[str, Any]:
     }
 
 
-def _print_report(target: str, reply: health_pb2.GetHealthResponse) -> None:
+def _print_report(target: str, reply: HealthReport) -> None:
     readiness = "ready" if reply.ready else "NOT READY"
-    click.echo(
-        f"lake at {target}: {_status_name(reply.status)} ({readiness}, {reply.state})"
-    )
+    click.echo(f"lake at {target}: {reply.status} ({readiness}, {reply.state})")
     for c in reply.components:
         reason = f"  {c.reason}" if c.reason else ""
-        click.echo(
-            f"  {c.name:<12} {_status_name(c.status):<9}{c.latency_ms:8.1f} ms{reason}"
-        )
+        click.echo(f"  {c.name:<12} {c.status:<9}{c.latency_ms:8.1f} ms{reason}")
 
 
 @main.command()
@@ -393,11 +366,9 @@ def status(
     Print the running server's operator figures as JSON: per-operation usage,
     pool and cache counters, events waiting for delivery. Needs an admin token.
     """
-    from google.protobuf import json_format
-
     target = _target(ctx, address)
-    reply = _ask_health(target, "status", timeout, health_pb2.GetStatusRequest(), token)
-    figures = console.integral(json_format.MessageToDict(reply.status))
+    with client_for(target, token=token, timeout=timeout) as lake:
+        figures = console.answer_or_exit(lake.channel, "status", target, lake.status)
     click.echo(json.dumps(figures, indent=2))
 
 

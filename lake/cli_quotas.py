@@ -8,12 +8,17 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import click
-import grpc
+
+from lake.api.channels import client_for
+from lake.client import Client, TenantQuotas, status_details, status_name
+from lake.errors import LakeError
 
 __all__ = ["register_quotas"]
+
+T = TypeVar("T")
 
 # --flag -> quota name; 0 means unlimited.
 _RATES = ("read_per_s", "write_per_s", "search_per_s", "text_per_s")
@@ -21,18 +26,19 @@ _CAPS = ("max_collections", "max_vectors", "max_features", "max_points_per_day")
 
 
 def _call(
-    target: str, method: str, request: Any, token: str | None, timeout: float
-) -> Any:
-    from lake.v1 import quotas_pb2_grpc
-
-    metadata = (("authorization", f"Bearer {token}"),) if token else ()
-    with grpc.insecure_channel(target) as channel:
-        stub = quotas_pb2_grpc.QuotasStub(channel)
+    target: str, token: str | None, timeout: float, send: Callable[[Client], T]
+) -> T:
+    """
+    ``send`` on a client of ``target``; a refusal prints one line and exits 1.
+    """
+    with client_for(target, token=token, timeout=timeout, tls=False) as lake:
         try:
-            return getattr(stub, method)(request, timeout=timeout, metadata=metadata)
-        except grpc.RpcError as exc:
-            if isinstance(exc, grpc.Call):
-                click.echo(f"lake quota: {exc.code().name}: {exc.details()}", err=True)
+            return send(lake)
+        except LakeError as exc:
+            if status_name(exc):
+                click.echo(
+                    f"lake quota: {status_name(exc)}: {status_details(exc)}", err=True
+                )
             else:
                 click.echo("lake quota: call failed", err=True)
             sys.exit(1)
@@ -42,7 +48,7 @@ def _number(value: float) -> str:
     return "unlimited" if value == 0 else f"{value:g}"
 
 
-def _as_dict(info: Any) -> dict[str, Any]:
+def _as_dict(info: TenantQuotas) -> dict[str, Any]:
     return {
         "tenant": info.tenant,
         "overrides": dict(sorted(info.overrides.items())),
@@ -119,14 +125,16 @@ def register_quotas(
         """
         Set some of a tenant's quotas; every instance applies them within 5 s.
         """
-        from lake.v1 import quotas_pb2
-
         given = {k: float(v) for k, v in values.items() if v is not None}
         if not given and not clear:
             msg = "name at least one quota (or --clear)"
             raise click.UsageError(msg)
-        request = quotas_pb2.SetQuotasRequest(tenant=tenant, values=given, clear=clear)
-        reply = _call(target(ctx, address), "Set", request, token, timeout)
+        reply = _call(
+            target(ctx, address),
+            token,
+            timeout,
+            lambda lake: lake.set_quotas(tenant, given, clear=clear),
+        )
         row = _as_dict(reply)
         if as_json:
             click.echo(json.dumps(row))
@@ -148,10 +156,12 @@ def register_quotas(
         """
         Show the defaults and every tenant with overrides, or one tenant.
         """
-        from lake.v1 import quotas_pb2
-
-        request = quotas_pb2.ShowQuotasRequest(tenant=tenant)
-        reply = _call(target(ctx, address), "Show", request, token, timeout)
+        reply = _call(
+            target(ctx, address),
+            token,
+            timeout,
+            lambda lake: lake.show_quotas(tenant=tenant),
+        )
         rows = [_as_dict(t) for t in reply.tenants]
         defaults = dict(sorted(reply.defaults.items()))
         if as_json:

@@ -8,61 +8,53 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
 
 import click
-import grpc
 
+from lake.api.channels import client_for
+from lake.client import Client, TokenInfo, status_details, status_name
 from lake.errors import LakeError
 
 __all__ = ["register_tokens"]
 
+T = TypeVar("T")
+
 _SCOPES = ("read", "write", "admin")
 
 
-def _metadata(token: str | None) -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {token}"),) if token else ()
-
-
 def _call(
-    target: str, method: str, request: Any, token: str | None, timeout: float
-) -> Any:
-    from lake.v1 import tokens_pb2_grpc
-
-    with grpc.insecure_channel(target) as channel:
-        stub = tokens_pb2_grpc.TokensStub(channel)
+    target: str, token: str | None, timeout: float, send: Callable[[Client], T]
+) -> T:
+    """
+    ``send`` on a client of ``target``; a refusal prints one line and exits 1.
+    """
+    with client_for(target, token=token, timeout=timeout, tls=False) as lake:
         try:
-            return getattr(stub, method)(
-                request, timeout=timeout, metadata=_metadata(token)
-            )
-        except grpc.RpcError as exc:
-            if isinstance(exc, grpc.Call):
-                click.echo(f"lake token: {exc.code().name}: {exc.details()}", err=True)
+            return send(lake)
+        except LakeError as exc:
+            if status_name(exc):
+                click.echo(
+                    f"lake token: {status_name(exc)}: {status_details(exc)}", err=True
+                )
             else:
                 click.echo("lake token: call failed", err=True)
             sys.exit(1)
 
 
-def _when(info: Any, field: str) -> str:
-    if not info.HasField(field):
-        return "-"
-    stamp: datetime = getattr(info, field).ToDatetime(tzinfo=UTC)
-    return stamp.strftime("%Y-%m-%dT%H:%M:%SZ")
+def _when(stamp: datetime | None) -> str:
+    return "-" if stamp is None else stamp.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _as_dict(info: Any) -> dict[str, Any]:
-    from lake.v1 import tokens_pb2
-
+def _as_dict(info: TokenInfo) -> dict[str, Any]:
     return {
         "id": info.id,
         "tenant": info.tenant,
-        "scope": tokens_pb2.TokenScope.Name(info.scope)
-        .removeprefix("TOKEN_SCOPE_")
-        .lower(),
-        "created_at": _when(info, "created_at"),
-        "expires_at": _when(info, "expires_at"),
-        "revoked_at": _when(info, "revoked_at"),
+        "scope": info.scope,
+        "created_at": _when(info.created_at),
+        "expires_at": _when(info.expires_at),
+        "revoked_at": _when(info.revoked_at),
         "hash_prefix": info.hash_prefix,
         "note": info.note,
     }
@@ -141,25 +133,23 @@ def register_tokens(
         """
         Create a token on the running server; it is printed once, never again.
         """
-        from google.protobuf import duration_pb2
-
         from lake.tokens import parse_duration
-        from lake.v1 import tokens_pb2
 
-        request = tokens_pb2.CreateTokenRequest(
-            tenant=tenant,
-            scope=tokens_pb2.TokenScope.Value(f"TOKEN_SCOPE_{scope.upper()}"),
-            note=note,
-        )
+        expires_in = None
         if expires:
             try:
                 span = parse_duration(expires)
             except LakeError as exc:
                 raise click.BadParameter(str(exc), param_hint="--expires") from None
-            request.expires_in.CopyFrom(
-                duration_pb2.Duration(seconds=int(span.total_seconds()))
-            )
-        reply = _call(target(ctx, address), "Create", request, token, timeout)
+            expires_in = timedelta(seconds=int(span.total_seconds()))
+        reply = _call(
+            target(ctx, address),
+            token,
+            timeout,
+            lambda lake: lake.create_token(
+                tenant, scope, expires_in=expires_in, note=note
+            ),
+        )
         info = _as_dict(reply.info)
         if as_json:
             click.echo(json.dumps({"token": reply.token, **info}))
@@ -189,13 +179,15 @@ def register_tokens(
         """
         List tokens (never the tokens themselves): id, tenant, scope, dates, note.
         """
-        from lake.v1 import tokens_pb2
-
-        request = tokens_pb2.ListTokensRequest(
-            tenant=tenant, include_revoked=include_revoked
+        found = _call(
+            target(ctx, address),
+            token,
+            timeout,
+            lambda lake: lake.list_tokens(
+                tenant=tenant, include_revoked=include_revoked
+            ),
         )
-        reply = _call(target(ctx, address), "List", request, token, timeout)
-        rows = [_as_dict(i) for i in reply.tokens]
+        rows = [_as_dict(i) for i in found]
         if as_json:
             click.echo(json.dumps(rows, indent=2))
             return
@@ -222,8 +214,10 @@ def register_tokens(
         """
         Revoke a token by id; every instance refuses it within auth.refresh_s.
         """
-        from lake.v1 import tokens_pb2
-
-        request = tokens_pb2.RevokeTokenRequest(id=token_id)
-        reply = _call(target(ctx, address), "Revoke", request, token, timeout)
-        click.echo(f"revoked {reply.info.id} (tenant {reply.info.tenant})")
+        info = _call(
+            target(ctx, address),
+            token,
+            timeout,
+            lambda lake: lake.revoke_token(token_id),
+        )
+        click.echo(f"revoked {info.id} (tenant {info.tenant})")

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from lake.api.channels import client_channel, tls_options
+from lake.api.channels import client_for, tls_options
 from lake.console import answer_or_exit
 from lake.errors import LakeError
 
@@ -43,7 +43,8 @@ def _since(text: str) -> datetime:
 
 def summed(rows: Any) -> list[dict[str, Any]]:
     """
-    GetUsage rows summed per (tenant, operation), in that order.
+    Usage rows (``lake.client.UsageRow`` or GetUsage's) summed per (tenant,
+    operation), in that order.
     """
     found: dict[tuple[str, str], dict[str, Any]] = {}
     for row in rows:
@@ -123,24 +124,17 @@ def register_usage(
         failures by status code, items, message bytes and database time. Counts
         reach the server's table within usage.flush_interval of each call.
         """
-        from lake.v1 import usage_pb2, usage_pb2_grpc
-
-        request = usage_pb2.GetUsageRequest(
-            tenant=tenant,
-            granularity=usage_pb2.GRANULARITY_DAY,  # fewest rows
-        )
-        request.since.FromDatetime(_since(since).astimezone(UTC))
-        metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        start = _since(since).astimezone(UTC)
         address = target(ctx, address)
-        with client_channel(address) as channel:
-            stub = usage_pb2_grpc.UsageStub(channel)
-            reply = answer_or_exit(
-                channel,
+        with client_for(address, token=token, timeout=timeout) as lake:
+            rows = answer_or_exit(
+                lake.channel,
                 "usage",
                 address,
-                lambda: stub.GetUsage(request, timeout=timeout, metadata=metadata),
+                # Days: the fewest rows.
+                lambda: lake.usage(tenant=tenant, since=start, granularity="day"),
             )
-        entries = summed(reply.rows)
+        entries = summed(rows)
         if as_json:
             click.echo(json.dumps(entries, indent=2))
         else:

@@ -18,6 +18,9 @@ from typing import Any, TypeVar
 import click
 import grpc
 
+from lake.client import status_details, status_name
+from lake.errors import LakeError
+
 __all__ = [
     "EXIT_NO_SERVER",
     "EXIT_REFUSED",
@@ -34,7 +37,7 @@ T = TypeVar("T")
 # server answered (the same codes for health, status, call and points write).
 EXIT_REFUSED = 1
 EXIT_NO_SERVER = 2
-_NO_ANSWER = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+_NO_ANSWER = {"UNAVAILABLE", "DEADLINE_EXCEEDED"}
 
 
 def _connected(channel: grpc.Channel, wait: float = 0.2) -> bool:
@@ -54,8 +57,9 @@ def answer_or_exit(
     channel: grpc.Channel, command: str, target: str, send: Callable[[], T]
 ) -> T:
     """
-    Return what ``send`` (a call on ``channel``) returns; when it fails, print one
-    line and exit 1 if a server answered with an error, 2 if none answered.
+    Return what ``send`` (a call on ``channel``, raw or through ``lake.client``)
+    returns; when it fails, print one line and exit 1 if a server answered with an
+    error, 2 if none answered.
 
     UNAVAILABLE and DEADLINE_EXCEEDED count as "no answer" only when the channel has
     no connection: a connected server that answers UNAVAILABLE refused the call.
@@ -63,15 +67,16 @@ def answer_or_exit(
     try:
         return send()
     except grpc.RpcError as exc:
-        code = exc.code()  # a stub's errors are also grpc.Call
-        if code in _NO_ANSWER and not _connected(channel):
-            click.echo(
-                f"lake {command}: no answer from {target} ({code.name})", err=True
-            )
-            sys.exit(EXIT_NO_SERVER)
-        details = exc.details()
-        click.echo(f"lake {command}: {code.name}: {details}", err=True)
-        sys.exit(EXIT_REFUSED)
+        code, details = exc.code().name, exc.details()  # a stub's are grpc.Call
+    except LakeError as exc:
+        if not status_name(exc):
+            raise  # not a status: refused before sending
+        code, details = status_name(exc), status_details(exc)
+    if code in _NO_ANSWER and not _connected(channel):
+        click.echo(f"lake {command}: no answer from {target} ({code})", err=True)
+        sys.exit(EXIT_NO_SERVER)
+    click.echo(f"lake {command}: {code}: {details}", err=True)
+    sys.exit(EXIT_REFUSED)
 
 
 _EXACT = 2.0**53  # above this a double no longer counts one by one

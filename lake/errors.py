@@ -15,10 +15,15 @@ One error tree for every deliberate failure in Lake.
     │  ├─ AbortedError                          gave up waiting for a lock; not retried
     │  └─ UnsupportedError                      the server lacks a capability (pgvector)
     ├─ MeshError(LakeError)                     a peer answered with an error
+    ├─ ClientError(LakeError)                   lake.client: a status with no class
+    │  ├─ UnauthenticatedError                  no, unknown, expired or revoked token
+    │  └─ PermissionDeniedError                 the token's scope is too small
     └─ TransientError(LakeError)                retry-safe; paired with a domain base
        ├─ ResourceExhaustedError(TransientError)   out of connections or quota
        │  └─ QuotaExceededError                  a tenant's quota; names it
        ├─ CircuitOpenError(TransientError)         a dependency's breaker is open
+       ├─ UnavailableError(TransientError)         lake.client: the server said
+       │                                           UNAVAILABLE (starting, stopping...)
        ├─ StoreUnavailableError(TransientError, StoreError)
        └─ MeshUnavailableError(TransientError, MeshError)
 
@@ -36,6 +41,7 @@ from typing import Self
 __all__ = [
     "AbortedError",
     "CircuitOpenError",
+    "ClientError",
     "ConfigError",
     "ConflictError",
     "DeadlineExceededError",
@@ -44,11 +50,14 @@ __all__ = [
     "MeshError",
     "MeshUnavailableError",
     "NotFoundError",
+    "PermissionDeniedError",
     "QuotaExceededError",
     "ResourceExhaustedError",
     "StoreError",
     "StoreUnavailableError",
     "TransientError",
+    "UnauthenticatedError",
+    "UnavailableError",
     "UndecodableRequestError",
     "UnsupportedError",
     "ValidationError",
@@ -218,3 +227,40 @@ class CircuitOpenError(TransientError):
         self.dependency = dependency
         super().__init__(f"{dependency} is unavailable (circuit open)")
         self.after(retry_after_s)
+
+
+class UnavailableError(TransientError):
+    """
+    The server answered UNAVAILABLE (raised by ``lake.client`` once its retry policy
+    gave up): starting, stopping, or a dependency out of reach; safe to retry.
+    """
+
+
+class ClientError(LakeError):
+    """
+    A status ``lake.client`` has no class of its own for (INTERNAL, UNKNOWN,
+    CANCELLED...); ``code`` is its gRPC name.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        super().__init__(message)
+
+
+class UnauthenticatedError(ClientError):
+    """
+    The call carried no token, or one the server does not accept (unknown,
+    expired, revoked).
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__("UNAUTHENTICATED", message)
+
+
+class PermissionDeniedError(ClientError):
+    """
+    The token's scope does not allow the call (a read token writing, say).
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__("PERMISSION_DENIED", message)

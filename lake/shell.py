@@ -9,13 +9,13 @@ import asyncio
 import json
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 
-from lake.api.channels import client_channel, tls_options
+from lake.api.channels import client_for, tls_options
 from lake.cli_quotas import register_quotas
 from lake.cli_tokens import register_tokens
 from lake.cli_usage import register_usage
@@ -30,10 +30,6 @@ from lake.console import (
 from lake.logs import configure_logging
 
 __all__ = ["register"]
-
-
-def _metadata(token_value: str | None) -> tuple[tuple[str, str | bytes], ...]:
-    return (("authorization", f"Bearer {token_value}"),) if token_value else ()
 
 
 _API_OPTIONS = [
@@ -157,17 +153,13 @@ def register(
             msg = f"bad request JSON: {exc}"
             raise click.ClickException(msg) from None
         address = target(ctx, address)  # resolved once: named in messages
-        with client_channel(address) as channel:
-            stub = channel.unary_unary(
-                f"/{rpc.containing_service.full_name}/{rpc.name}",
-                request_serializer=request_type.SerializeToString,
-                response_deserializer=response_type.FromString,
-            )
+        path = f"/{rpc.containing_service.full_name}/{rpc.name}"
+        with client_for(address, token=token, timeout=timeout) as lake:
             reply = answer_or_exit(
-                channel,
+                lake.channel,
                 "call",
                 address,
-                lambda: stub(request, timeout=timeout, metadata=_metadata(token)),
+                lambda: lake.invoke(path, request, response_type),
             )
         shown = json_format.MessageToDict(
             reply,
@@ -208,7 +200,7 @@ def register(
         a zone or epoch seconds; values finite numbers; a header line, empty lines
         and lines starting with # are skipped.
         """
-        from lake.v1 import lake_pb2, lake_pb2_grpc
+        from lake.client import PointsBatch
 
         tag_map: dict[str, str] = {}
         for tag in tags:
@@ -223,10 +215,10 @@ def register(
             click.echo(str(exc), err=True)
             sys.exit(EXIT_REFUSED)
 
-        def messages(bar: Any) -> Any:
+        def batches(bar: Any) -> Iterator[PointsBatch]:
             for i in range(0, len(stamps), batch):
-                yield lake_pb2.WritePointsRequest(
-                    metric=metric,
+                yield PointsBatch(
+                    metric,
                     tags=tag_map,
                     timestamps_us=stamps[i : i + batch],
                     values=values[i : i + batch],
@@ -235,18 +227,15 @@ def register(
 
         address = target(ctx, address)  # resolved once: named in messages
         with (
-            client_channel(target(ctx, address)) as channel,
+            client_for(address, token=token, timeout=timeout) as lake,
             click.progressbar(
                 length=len(stamps), label="writing", file=sys.stderr
             ) as bar,
         ):
-            stub = lake_pb2_grpc.TimeSeriesStub(channel)
             reply = answer_or_exit(
-                channel,
+                lake.channel,
                 "points write",
                 address,
-                lambda: stub.WriteStream(
-                    messages(bar), timeout=timeout, metadata=_metadata(token)
-                ),
+                lambda: lake.write_stream(batches(bar)),
             )
         click.echo(json.dumps({"written": reply.written}))

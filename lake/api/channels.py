@@ -15,11 +15,18 @@ from typing import Any, TypeVar
 import click
 import grpc
 
+from lake.client import TLS, Client
 from lake.config import load_settings
 from lake.errors import ConfigError
 from lake.tls import ClientTLS, channel_credentials, channel_options, client_tls_of
 
-__all__ = ["client_channel", "client_tls", "open_channel", "tls_options"]
+__all__ = [
+    "client_channel",
+    "client_for",
+    "client_tls",
+    "open_channel",
+    "tls_options",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -100,3 +107,33 @@ def client_channel(target: str) -> grpc.Channel:
     except ConfigError as exc:
         msg = f"config error: {exc}"
         raise click.ClickException(msg) from None
+
+
+def client_for(
+    target: str, *, token: str | None, timeout: float, tls: bool = True
+) -> Client:
+    """
+    A ``lake.client.Client`` to ``target`` for the current command: its token,
+    deadline and (``tls``) TLS settings, the files checked as ``lake.tls`` checks
+    them.
+    """
+    settings: ClientTLS | None = None
+    if tls:
+        try:
+            settings = client_tls(click.get_current_context())
+            if settings is not None:
+                channel_credentials(settings)  # refuse bad files with lake.tls's words
+        except ConfigError as exc:
+            msg = f"config error: {exc}"
+            raise click.ClickException(msg) from None
+    pinned = (
+        None
+        if settings is None
+        else TLS(
+            settings.ca_file,
+            settings.cert_file,
+            settings.key_file,
+            settings.server_name,
+        )
+    )
+    return Client(target, token=token, tls=pinned, timeout=timeout)
