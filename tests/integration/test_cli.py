@@ -82,6 +82,8 @@ def test_serve_embedded_health_and_clean_stop(tmp_path):
         LAKE_ENV="development",
         LAKE_DATA_DIR=str(data),
         LAKE_GRPC__ADDRESS=address,
+        # A port of its own (development's default, 9464, may be taken here).
+        LAKE_METRICS__ADDRESS=f"127.0.0.1:{free_port()}",
         LAKE_HEALTH__INTERVAL="0.2",
     )
     proc = subprocess.Popen(
@@ -230,7 +232,10 @@ def test_second_process_cannot_take_over_running_embedded_servers(tmp_path):
     data = tmp_path / "data"
     address = f"127.0.0.1:{free_port()}"
     env = env_for(
-        LAKE_ENV="development", LAKE_DATA_DIR=str(data), LAKE_GRPC__ADDRESS=address
+        LAKE_ENV="development",
+        LAKE_DATA_DIR=str(data),
+        LAKE_GRPC__ADDRESS=address,
+        LAKE_METRICS__ADDRESS=f"127.0.0.1:{free_port()}",
     )
     proc = subprocess.Popen(
         [*LAKE, "serve"],
