@@ -25,7 +25,17 @@ import asyncpg
 
 from lake.resources.embedded import EmbeddedPostgres, Endpoint
 
-__all__ = ["Node", "Pair", "multi_host_dsn", "pair"]
+__all__ = [
+    "Node",
+    "Pair",
+    "admin",
+    "endpoints",
+    "make_synchronous",
+    "multi_host_dsn",
+    "node_url",
+    "pair",
+    "sync_state",
+]
 
 
 class Node(EmbeddedPostgres):
@@ -127,8 +137,8 @@ async def admin(node: Node, password: str) -> asyncpg.Connection:
 
 async def make_synchronous(ends: Pair) -> None:
     """
-    Make the primary's commits wait for the standby's flush, and return once the
-    standby streams as a synchronous one.
+    Make the primary's commits wait for the standby's flush (``sync_state``
+    tells when the standby streams as a synchronous one).
     """
     conn = await admin(ends.primary, ends.password)
     try:
