@@ -124,6 +124,23 @@ def _translated(exc: BaseException) -> LakeError:
     return StoreError("database error")
 
 
+def _read_only(exc: BaseException) -> bool:
+    # read_only_sql_transaction: a write reached a node that takes none (a standby
+    # after a failover, or a primary turned read-only).
+    return getattr(exc, "sqlstate", None) == "25006"
+
+
+# After a recycle, further read-only refusals (the other writes in flight on the
+# old connections) within this many seconds recycle nothing more.
+_RECYCLE_EVERY_S = 1.0
+
+# Health's question: can this connection write? (A standby, or a primary set
+# default_transaction_read_only, cannot.)
+_CAN_WRITE = (
+    "SELECT NOT (pg_is_in_recovery() OR current_setting('transaction_read_only')::bool)"
+)
+
+
 def _gave_up(metrics: PoolMetrics, exc: BaseException) -> None:
     # No connection in time (the pool's wait or the fair-share gate's) is an
     # acquire timeout; anything else ended the wait early.
@@ -280,6 +297,7 @@ class Database:
         self._analyzed_rows: dict[str, float] = {}
         self._analyzing: dict[str, asyncio.Task[None]] = {}
         self._analyze_after: dict[str, float] = {}
+        self._recycled_at = float("-inf")
 
     @asynccontextmanager
     async def connection(self, tenant: str = "") -> AsyncIterator[Any]:
@@ -389,6 +407,8 @@ class Database:
                 raise
             except BaseException as exc:
                 await _rollback(conn)
+                if _read_only(exc):
+                    await self.recycle("read-only")
                 if isinstance(exc, Exception) and not isinstance(exc, LakeError):
                     raise translate_pg_error(exc) from None
                 raise
@@ -513,13 +533,14 @@ class Database:
         """
         Prove the database answers and accepts writes.
 
-        Returns None when healthy. Raises StoreUnavailableError on a read-only standby,
-        after expiring the pool so that new connections find the new primary.
+        Returns None when healthy. Raises StoreUnavailableError on a read-only
+        server (a standby, or a primary set read-only), after recycling the
+        connections so that new ones find the primary (``recycle``).
         """
-        (in_recovery,) = await self.probe("SELECT pg_is_in_recovery()")
-        if in_recovery:
-            await self._pool.expire_connections()
-            msg = "connected to a read-only standby"
+        (can_write,) = await self.probe(_CAN_WRITE)
+        if not can_write:
+            await self.recycle("read-only")
+            msg = "connected to a read-only server"
             raise StoreUnavailableError(msg)
         state = self._guard.breaker.state
         if state is not BreakerState.CLOSED:
@@ -537,6 +558,27 @@ class Database:
         query = f"SELECT true FROM pg_extension WHERE extname = {_literal(name)}"  # noqa: S608 -- checked name
         (found,) = await self.probe(query)
         return bool(found)
+
+    async def recycle(self, reason: str) -> None:
+        """
+        Replace every connection: the pool's (each in use is closed when it is
+        released) and the version reader's, at most once a second.
+
+        After a failover the pooled connections can stay on the old primary, now a
+        standby or read-only, where every write fails (25006) while ``SELECT 1``
+        still passes; new connections go through the DSN again, and with several
+        hosts and ``target_session_attrs=read-write`` they find the primary. The
+        version reader must move too: on a node that no longer gets the writes it
+        would read old cache generations, so cached reads would go stale.
+        """
+        now = time.monotonic()
+        if now - self._recycled_at < _RECYCLE_EVERY_S:
+            return
+        self._recycled_at = now
+        log.warning("pg_connections_recycled", reason=reason)
+        await self._pool.expire_connections()
+        if self._versions is not None:
+            self._versions.reconnect()
 
     async def refresh_connections(self) -> None:
         """

@@ -159,6 +159,16 @@ class VersionReader:
             self._fail(exc)
             raise
 
+    def reconnect(self) -> None:
+        """
+        Drop the connection (a query on it fails, and its readers fall back to
+        the pool); the next read opens a new one through the DSN.
+        """
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.terminate()
+
     def _fail(self, exc: BaseException) -> None:
         reason = "timed out" if isinstance(exc, TimeoutError) else "connection failed"
         log.warning("cache_versions_failed", reason=reason)

@@ -234,6 +234,13 @@ def test_good_peer_addresses_pass(monkeypatch):
     }
 
 
+def test_a_multi_host_dsn_for_failover_is_accepted(monkeypatch):
+    """Several hosts, the one that takes writes (README, PostgreSQL failover)."""
+    dsn = "postgresql://lake@db1:5432,db2:5433/lake?target_session_attrs=read-write"
+    monkeypatch.setenv("LAKE_POSTGRES__DSN", dsn)
+    assert load_settings("testing")["postgres"]["dsn"] == dsn
+
+
 @pytest.mark.parametrize(
     ("name", "value", "problem"),
     [
