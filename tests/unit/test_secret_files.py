@@ -202,3 +202,11 @@ def test_a_bad_token_entry_in_the_file_is_refused(tmp_path, monkeypatch):
     path = secret(tmp_path, "tokens.toml", '"not-a-hash" = "acme"\n')
     message = refusal(monkeypatch, LAKE_AUTH__TOKENS_FILE=path)
     assert "auth.tokens" in message
+
+
+def test_file_content_is_never_a_dynaconf_template(tmp_path, monkeypatch):
+    """A secret that looks like @format/@jinja is kept as text, not rendered."""
+    path = secret(tmp_path, "pw", "@format {env[HOME]}\n")
+    monkeypatch.setenv("LAKE_POSTGRES__PASSWORD_FILE", path)
+    values = load_settings("testing")
+    assert values["postgres"]["password"] == "@format {env[HOME]}"
