@@ -232,6 +232,8 @@ def test_the_autoscaler_scales_the_deployment_on_cpu(objects):
     }
     assert [m["resource"]["name"] for m in spec["metrics"]] == ["cpu"]
     assert 1 <= spec["minReplicas"] < spec["maxReplicas"]
+    # The autoscaler owns the count: a replicas field would reset it each apply.
+    assert "replicas" not in one(objects, "Deployment", "lake")["spec"]
 
 
 def policy_ports(rules: list[dict[str, Any]]) -> set[int]:
