@@ -29,6 +29,7 @@ from lake.schema import (
     env_var,
     not_settings,
 )
+from lake.secretfiles import load_secret_files, secret_file_keys
 
 __all__ = [
     "PROFILES",
@@ -254,7 +255,13 @@ def _validators(profile: str) -> list[Validator]:
             *_each("redis.url", must_exist=True, ne=""),
             *_each("embedded", eq=False),
             *_each("auth.enabled", eq=True),
-            *_each("auth.tokens", must_exist=True, len_min=1),
+            # From auth.tokens_file instead, they are checked once read.
+            Validator(
+                "auth.tokens",
+                must_exist=True,
+                len_min=1,
+                when=Validator("auth.tokens_file", eq=""),
+            ),
         ]
     return checks
 
@@ -366,6 +373,8 @@ def load_settings(
     for key in _DYNACONF_KEYS | not_settings(os.environ):
         values.pop(key, None)
     check_tree(values, schema, os.environ)
+    pairs = secret_file_keys(schema, lambda key: bool(_SECRET_KEY.search(key)))
+    load_secret_files(values, pairs, profile)
     _lower_map_keys(values, schema.maps)
     values["profile"] = profile
     _check_pool_sizes(values, profile)
@@ -514,7 +523,9 @@ def masked(value: Any, key: str = "") -> Any:
         return {k: masked(v, str(k)) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [masked(v, key) for v in value]
-    if _SECRET_KEY.search(key) and value not in ("", None):
+    # A *_file setting is where a secret is, not the secret: shown.
+    secret = _SECRET_KEY.search(key) and not key.endswith("_file")
+    if secret and value not in ("", None):
         return "***"
     if isinstance(value, str):
         return mask_text(value)

