@@ -185,6 +185,7 @@ def _validators(profile: str) -> list[Validator]:
             gt=0,
         ),
         *_each("postgres.command_timeout", is_type_of=(int, float), gte=0),
+        *_each("grpc.drain_s", is_type_of=(int, float), gte=0),
         *_each("operations.timeout", is_type_of=(int, float), gt=0),
         *_each("redis.retries", is_type_of=int, gte=0),
         *_each("grpc.address", must_exist=True, ne=""),

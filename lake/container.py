@@ -557,6 +557,7 @@ class Container(containers.DeclarativeContainer):
         max_message_bytes=config.grpc.max_message_bytes,
         reflection_enabled=config.grpc.reflection,
         max_connection_age=config.grpc.max_connection_age_s,
+        drain=config.grpc.drain_s,
         max_streams_per_connection=config.grpc.max_streams_per_connection,
         stream_idle_timeout=config.grpc.stream_idle_timeout_s,
         token_refresh=config.auth.refresh_s,

@@ -33,7 +33,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 # Suites to leave out while iterating (`-m "not slow and not fault"`); CI runs all.
+# The cluster suite is slow too, and has a marker of its own to run it alone.
 _FAULT_DIRS = ("faults",)
+_CLUSTER_DIRS = ("cluster",)
 _SLOW_FILES = {
     "test_fuzz.py",
     "test_properties.py",
@@ -49,12 +51,15 @@ _SLOW_FILES = {
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """
-    Mark the fault suite and the slow suites by where they live.
+    Mark the fault suite, the cluster suite and the slow suites by where they live.
     """
     for item in items:
         path = Path(str(item.fspath))
         if path.parent.name in _FAULT_DIRS:
             item.add_marker(pytest.mark.fault)
+        elif path.parent.name in _CLUSTER_DIRS:
+            item.add_marker(pytest.mark.cluster)
+            item.add_marker(pytest.mark.slow)
         elif path.name in _SLOW_FILES and path.parent.name in ("api", "integration"):
             item.add_marker(pytest.mark.slow)
 

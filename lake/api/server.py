@@ -17,10 +17,11 @@ from typing import Any
 import grpc
 import structlog
 from google.protobuf import struct_pb2
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lake.api.admission import Admission
 from lake.api.auth import Keyring
+from lake.api.healthservice import HealthService
 from lake.api.quotas import QuotaAdmin, QuotasServicer, no_quotas
 from lake.api.reflection import enable_reflection
 from lake.api.servicer import SpatialServicer, TimeSeriesServicer, VectorsServicer
@@ -142,6 +143,8 @@ class LakeServer:
         interval: seconds between health refreshes.
         token_refresh: seconds between re-reads of the token table.
         usage: serves lake.v1.Usage when given.
+        drain: seconds between reporting NOT_SERVING and refusing new calls on
+            stop, while clients watching health move to other instances.
     """
 
     def __init__(
@@ -164,8 +167,10 @@ class LakeServer:
         status_board: StatusBoard | None = None,
         usage: UsageServicer | None = None,
         quotas: QuotaAdmin = no_quotas,
+        drain: float = 0.0,
     ) -> None:
         self._manager = manager
+        self._drain = drain
         self._address = address
         self._credentials = credentials
         self._interval = interval
@@ -192,8 +197,7 @@ class LakeServer:
             # this never refuses a probe.
             maximum_concurrent_rpcs=self.admission.backstop,
         )
-        # grpc_health re-exports its async servicer implicitly, which strict mypy hides.
-        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self.health = HealthService()
         self._monitor: asyncio.Task[None] | None = None
         self._names: set[str] = set()
         self.port = 0
@@ -326,7 +330,13 @@ class LakeServer:
 
     async def stop(self, grace: float | None) -> None:
         """
-        Report NOT_SERVING, refuse new calls, let in-flight calls finish within grace.
+        Report NOT_SERVING, keep serving for the drain, end the health watches,
+        refuse new calls, let in-flight calls finish within grace.
+
+        grpcio's stop sends GOAWAY but cancels the calls already on their way
+        that no handler took yet (the client sees CANCELLED, which no retry
+        policy should retry): the drain lets clients that watch health stop
+        sending first.
         """
         for task in (self._monitor, self._token_watch):
             if task is not None:
@@ -335,5 +345,9 @@ class LakeServer:
                     await task
         self._monitor = self._token_watch = None
         await self.health.enter_graceful_shutdown()
+        if self._drain > 0:
+            log.info("grpc_draining", seconds=self._drain)
+            await asyncio.sleep(self._drain)
+        await self.health.end_watches()
         await self._server.stop(grace)
         log.info("grpc_stopped")
