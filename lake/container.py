@@ -29,6 +29,8 @@ The composition root: the whole wiring of Lake on one page.
     meter ─┬─ metering (interceptor: each data call once) ── interceptors
            └─ usage_flusher (over usage_store) ── workers, lake (drains)
     usage_store, usage_flusher ── usage_api (lake.v1.Usage) ── server
+    span_exporter ── span_processor ── tracing (drained by lake) ── tracer ── manager,
+        database, cache, mesh_client, interceptors (first, only when on)
 
 ``lake`` (``lake.bootstrap.Lake``) is what ``lake serve`` runs: it starts the server,
 the manager, then the workers, and stops them in reverse, once. The manager opens
@@ -55,6 +57,7 @@ from lake.api.decode import DecodeGuard
 from lake.api.metering import MeteringInterceptor
 from lake.api.quotas import QuotaAdmin, QuotaControl, QuotaTable
 from lake.api.server import LakeServer
+from lake.api.tracing import TracingInterceptor
 from lake.api.usage import UsageServicer
 from lake.bootstrap import Lake
 from lake.errors import LifecycleError
@@ -102,6 +105,7 @@ from lake.stores.usage import PgUsageStore
 from lake.stores.vector import PgVectorStore
 from lake.stores.versions import open_version_reader
 from lake.tls import grpc_server_credentials
+from lake.tracing import batch_processor, open_tracing, service_name_of, span_exporter
 from lake.usage import Usage
 from lake.workers import RelayWorker, UpkeepWorker, select_workers
 from lake.workerstatus import StatusBoard, StatusPublisher
@@ -127,6 +131,13 @@ def _metrics_address(address: str, index: int) -> str:
 
 def _plus(chosen: Sequence[Any], extra: Any, wanted: bool) -> list[Any]:
     return [*chosen, extra] if wanted else list(chosen)
+
+
+def _traced(interceptors: Sequence[Any], tracer: Any) -> list[Any]:
+    # Tracing off: the server's list has no tracing interceptor at all.
+    if tracer is None:
+        return list(interceptors)
+    return [TracingInterceptor(tracer), *interceptors]
 
 
 def _quota_admin(
@@ -218,6 +229,23 @@ class Container(containers.DeclarativeContainer):
 
     config = providers.Configuration(strict=True)
 
+    # OpenTelemetry: tracer is None while tracing.enabled is false (the exporter and
+    # processor are then never built). Tests override span_processor.
+    span_exporter = providers.Singleton(
+        span_exporter, config.tracing.exporter, config.tracing.endpoint
+    )
+    span_processor = providers.Singleton(batch_processor, span_exporter)
+    tracing = providers.Singleton(
+        open_tracing,
+        enabled=config.tracing.enabled,
+        service_name=providers.Callable(
+            service_name_of, config.tracing.service_name, config.service_name
+        ),
+        sample_ratio=config.tracing.sample_ratio,
+        processor=span_processor.provider,
+    )
+    tracer = tracing.provided.tracer
+
     # Waiters, waits, holds and new connections of the PostgreSQL pool.
     pool_metrics = providers.Singleton(PoolMetrics)
     pg_pool = providers.Resource(
@@ -296,6 +324,7 @@ class Container(containers.DeclarativeContainer):
         call_timeout=config.mesh.call_timeout,
         tls=config.mesh.tls,
         protection=protection,
+        tracer=tracer,
     )
 
     # Cache versions, read in batches on a connection of their own.
@@ -328,6 +357,7 @@ class Container(containers.DeclarativeContainer):
         guard=protection.provided.postgres,
         gate=pg_gate,
         pool_metrics=pool_metrics,
+        tracer=tracer,
     )
     cache = providers.Singleton(
         RedisCache,
@@ -335,6 +365,7 @@ class Container(containers.DeclarativeContainer):
         timeout=config.cache.timeout,
         ttl_s=config.cache.ttl_s,
         breaker=protection.provided.redis.breaker,
+        tracer=tracer,
     )
     # Change events are recorded (outbox) only when a stream peer is configured.
     events = providers.Callable(_has_stream, config.mesh.peers)
@@ -469,6 +500,7 @@ class Container(containers.DeclarativeContainer):
         protection=protection,
         metrics=operation_metrics,
         quota_rejections=quota_rejections,
+        tracer=tracer,
     )
 
     # --- Prometheus metrics: figures read when scraped (see lake/metrics.py) --------
@@ -525,7 +557,12 @@ class Container(containers.DeclarativeContainer):
     usage_api = providers.Singleton(UsageServicer, usage_store.provider, usage_flusher)
     # Admission first: a call refused for want of a slot costs nothing more.
     # Metering after auth (the tenant is known), before decoding (message sizes).
-    interceptors = providers.List(admission_guard, auth, metering, decode_guard)
+    # Tracing (when on) first: its span covers the others' work.
+    interceptors = providers.Callable(
+        _traced,
+        providers.List(admission_guard, auth, metering, decode_guard),
+        tracer,
+    )
     server_credentials = providers.Singleton(grpc_server_credentials, config.grpc.tls)
     # Worker processes share their figures here; GetStatus adds them up.
     status_board = providers.Singleton(
@@ -603,7 +640,7 @@ class Container(containers.DeclarativeContainer):
         grace=config.grpc.grace,
         profile=config.profile,
         metrics=metrics_server,
-        drains=providers.List(usage_flusher),
+        drains=providers.List(usage_flusher, tracing),
     )
     # ``lake migrate``: start-up (which migrates) and stop, with nothing served.
     migration = providers.Singleton(Lake, manager)
