@@ -145,9 +145,14 @@ def operation_span(
     tracer: Tracer | None, name: str, tenant: str
 ) -> AbstractContextManager[Span | None]:
     """
-    The current span of one operation (named after it), or nothing when off.
+    The current span of one operation (named after it), or nothing when off or
+    inside a trace the caller did not sample (its span stays current, so log
+    lines still carry the trace id).
     """
     if tracer is None:
+        return _NO_SPAN
+    current = trace.get_current_span()
+    if current.get_span_context().is_valid and not current.is_recording():
         return _NO_SPAN
     return tracer.start_as_current_span(
         name,

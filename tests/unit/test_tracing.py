@@ -179,3 +179,20 @@ def test_the_exporter_named_is_built():
     otlp = span_exporter("otlp", "http://127.0.0.1:4317")
     assert type(otlp).__name__ == "OTLPSpanExporter"
     otlp.shutdown()
+
+
+def test_a_trace_the_caller_did_not_sample_costs_no_operation_span():
+    """Unsampled: the RPC's span stays current (logs keep the trace id), and the
+    operation and its children make no span of their own."""
+    memory = InMemorySpanExporter()
+    tracer = memory_tracing(memory).tracer
+    assert tracer is not None
+    parent = extract_parent([("traceparent", PARENT[:-2] + "00")])
+    with tracer.start_as_current_span("rpc", context=parent) as rpc:
+        assert not rpc.is_recording()
+        with operation_span(tracer, "SearchText", "t") as span:
+            assert span is None
+            assert child_span(tracer, "pg transaction", {}) is None
+            line = add_trace_ids(None, "info", {"event": "x"})
+    assert line["trace_id"] == PARENT.split("-")[1]
+    assert memory.get_finished_spans() == ()
