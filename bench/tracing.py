@@ -12,11 +12,19 @@ Run ``uv run python -m bench.tracing`` (a few seconds, no servers):
   same call untraced, and the same with ``sample_ratio = 0`` (spans made but
   not recorded), in ns per call; and with the spans ended in line (no export
   thread), which is the spans' own cost.
+
+With ``--wire`` it also starts PostgreSQL, Redis and two ``lake serve`` on one
+database, one tracing (console exporter into /dev/null, ``--ratio`` sampled) and
+one not, and prints ``Spatial.Nearest`` calls/s and server CPU per call of each in
+interleaved rounds, and their ratio (about a minute).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -30,8 +38,19 @@ from opentelemetry.sdk.trace.export import (
 )
 from opentelemetry.trace import Tracer
 
+from bench.grpc_path import (
+    AUTH,
+    cpu_seconds,
+    lake_env,
+    load,
+    process,
+    wait_serving,
+    where,
+)
+from bench.run import bench_servers, rate, spread
 from lake.api.tracing import TracingInterceptor
 from lake.logs import add_trace_ids
+from lake.resources.embedded import Endpoint, free_port
 from lake.tracing import (
     batch_processor,
     child_span,
@@ -41,6 +60,7 @@ from lake.tracing import (
     peer_span,
     trace_metadata,
 )
+from lake.v1 import lake_pb2_grpc
 
 
 class _Drop(SpanExporter):
@@ -176,12 +196,95 @@ async def _on() -> None:
     print("  (in line: the spans' own cost; batch adds the export thread's GIL share)")
 
 
+async def wire(args: argparse.Namespace, pg: Endpoint, redis: Endpoint) -> None:
+    """
+    Two Lakes on one database, tracing on and off, interleaved rounds.
+    """
+    import grpc
+
+    ports = {"on": free_port(), "off": free_port()}
+    pids: dict[str, int] = {}
+    with contextlib.ExitStack() as stack:
+        for name, port in ports.items():
+            env = lake_env(pg, redis, port)
+            if name == "on":
+                env["LAKE_TRACING__ENABLED"] = "true"
+                env["LAKE_TRACING__EXPORTER"] = "console"  # stdout: /dev/null
+                env["LAKE_TRACING__SAMPLE_RATIO"] = str(args.ratio)
+            pids[name] = stack.enter_context(process(["-m", "lake", "serve"], env)).pid
+        for port in ports.values():
+            await wait_serving(f"127.0.0.1:{port}", "lake.ready")
+        channels = {
+            name: grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+            for name, port in ports.items()
+        }
+        try:
+            stubs = {
+                name: lake_pb2_grpc.SpatialStub(ch) for name, ch in channels.items()
+            }
+            await load(stubs["on"], args.features)
+
+            def hit(stub: Any) -> Callable[[int], Any]:
+                async def call(i: int) -> object:
+                    return await stub.Nearest(where(i % 64), metadata=AUTH, timeout=10)
+
+                return call
+
+            calls = {name: hit(stub) for name, stub in stubs.items()}
+            for call in calls.values():
+                await rate(500, call, args.in_flight)
+            qps: dict[str, list[float]] = {"on": [], "off": []}
+            cpu: dict[str, list[float]] = {"on": [], "off": []}
+            for round_ in range(args.rounds):
+                order = ["on", "off"] if round_ % 2 == 0 else ["off", "on"]
+                for name in order:  # alternately first: load drifts
+                    before = cpu_seconds(pids[name])
+                    qps[name].append(
+                        await rate(args.calls, calls[name], args.in_flight)
+                    )
+                    used = cpu_seconds(pids[name]) - before
+                    cpu[name].append(used / args.calls * 1e6)
+        finally:
+            for ch in channels.values():
+                await ch.close(None)
+    ratios = [a / b for a, b in zip(qps["on"], qps["off"], strict=True)]
+    print(
+        f"\nSpatial.Nearest (cacheable), {args.in_flight} in flight,"
+        f" {args.rounds} rounds, sample_ratio {args.ratio}"
+    )
+    for name in ("on", "off"):
+        print(
+            f"  tracing {name:<4} {spread(qps[name], 0)} calls/s,"
+            f" server CPU {spread(cpu[name], 0)} us/call"
+        )
+    cpu_ratios = [b / a for a, b in zip(cpu["on"], cpu["off"], strict=True)]
+    print(
+        f"  calls/s on / off      {spread(ratios)} (mean {statistics.mean(ratios):.3f})"
+    )
+    print(f"  CPU per call off / on {spread(cpu_ratios)}")
+
+
 def main() -> None:
     """
-    Print the cost of tracing off, and on, per call.
+    Print the cost of tracing off, and on, per call; with --wire, over gRPC too.
     """
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.tracing",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--wire", action="store_true", help="Also over gRPC.")
+    parser.add_argument("--ratio", type=float, default=1.0, help="sample_ratio on")
+    parser.add_argument("--features", type=int, default=5_000)
+    parser.add_argument("--calls", type=int, default=3_000)
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--in-flight", type=int, default=32)
+    args = parser.parse_args()
     _off()
     asyncio.run(_on())
+    if args.wire:
+        with bench_servers() as (pg, redis):
+            asyncio.run(wire(args, pg, redis))
 
 
 if __name__ == "__main__":

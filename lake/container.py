@@ -51,6 +51,7 @@ from typing import Any, TypeVar, cast
 
 from dependency_injector import containers, providers
 
+from lake import tracing as otel
 from lake.api.admission import Admission, AdmissionInterceptor
 from lake.api.auth import AuthInterceptor, FailureLimiter, Keyring
 from lake.api.decode import DecodeGuard
@@ -105,7 +106,6 @@ from lake.stores.usage import PgUsageStore
 from lake.stores.vector import PgVectorStore
 from lake.stores.versions import open_version_reader
 from lake.tls import grpc_server_credentials
-from lake.tracing import batch_processor, open_tracing, service_name_of, span_exporter
 from lake.usage import Usage
 from lake.workers import RelayWorker, UpkeepWorker, select_workers
 from lake.workerstatus import StatusBoard, StatusPublisher
@@ -232,14 +232,14 @@ class Container(containers.DeclarativeContainer):
     # OpenTelemetry: tracer is None while tracing.enabled is false (the exporter and
     # processor are then never built). Tests override span_processor.
     span_exporter = providers.Singleton(
-        span_exporter, config.tracing.exporter, config.tracing.endpoint
+        otel.span_exporter, config.tracing.exporter, config.tracing.endpoint
     )
-    span_processor = providers.Singleton(batch_processor, span_exporter)
+    span_processor = providers.Singleton(otel.batch_processor, span_exporter)
     tracing = providers.Singleton(
-        open_tracing,
+        otel.open_tracing,
         enabled=config.tracing.enabled,
         service_name=providers.Callable(
-            service_name_of, config.tracing.service_name, config.service_name
+            otel.service_name_of, config.tracing.service_name, config.service_name
         ),
         sample_ratio=config.tracing.sample_ratio,
         processor=span_processor.provider,
