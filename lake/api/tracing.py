@@ -61,8 +61,9 @@ class TracingInterceptor(_Interceptor):
 
     def __init__(self, tracer: Tracer) -> None:
         self._tracer = tracer
-        # One wrapped handler per method while grpc hands the same inner handler.
-        self._wrapped: dict[str, tuple[Any, Any]] = {}
+        # Span name and attributes per method. Not the wrapped handler: the
+        # interceptors after this one hand a fresh handler on every call.
+        self._methods: dict[str, tuple[str, dict[str, str]]] = {}
 
     async def intercept_service(
         self,
@@ -73,12 +74,7 @@ class TracingInterceptor(_Interceptor):
         method: str = details.method
         if handler is None or method.startswith(_UNTRACED):
             return handler
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = self._wrap(handler, method)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
+        return self._wrap(handler, method)
 
     def _wrap(self, handler: Any, method: str) -> Any:
         if handler.unary_unary is not None:
@@ -91,12 +87,23 @@ class TracingInterceptor(_Interceptor):
             )
         return handler
 
+    def _describe(self, method: str) -> tuple[str, dict[str, str]]:
+        found = self._methods.get(method)
+        if found is None:
+            name = method.lstrip("/")
+            service, _, rpc = name.partition("/")
+            attributes = {
+                "rpc.system": "grpc",
+                "rpc.service": service,
+                "rpc.method": rpc,
+            }
+            found = self._methods[method] = (name, attributes)
+        return found
+
     def _traced(
         self, behavior: Callable[[Any, _Context], Awaitable[Any]], method: str
     ) -> Callable[[Any, _Context], Awaitable[Any]]:
-        name = method.lstrip("/")
-        service, _, rpc = name.partition("/")
-        attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": rpc}
+        name, attributes = self._describe(method)
         tracer = self._tracer
 
         async def traced(request: Any, context: _Context) -> Any:
