@@ -241,6 +241,10 @@ def _validators(profile: str) -> list[Validator]:
         *_each(
             *(f"quotas.default.{n}" for n in QUOTA_NAMES[4:]), is_type_of=int, gte=0
         ),
+        *_each("tracing.enabled", is_type_of=bool),
+        *_each("tracing.exporter", is_in=["otlp", "console"]),
+        *_each("tracing.endpoint", "tracing.service_name", is_type_of=str),
+        *_each("tracing.sample_ratio", is_type_of=(int, float), gte=0, lte=1),
         *_each("quotas.strategy", is_in=["moving-window", "sliding-window-counter"]),
         *_each("quotas.window_s", is_type_of=int, gte=1),
         *_each("quotas.lease", is_type_of=(int, float), gte=0, lte=0.5),

@@ -29,6 +29,8 @@ The composition root: the whole wiring of Lake on one page.
     meter ─┬─ metering (interceptor: each data call once) ── interceptors
            └─ usage_flusher (over usage_store) ── workers, lake (drains)
     usage_store, usage_flusher ── usage_api (lake.v1.Usage) ── server
+    span_exporter ── span_processor ── tracing (drained by lake) ── tracer ── manager,
+        database, cache, mesh_client, interceptors (first, only when on)
 
 ``lake`` (``lake.bootstrap.Lake``) is what ``lake serve`` runs: it starts the server,
 the manager, then the workers, and stops them in reverse, once. The manager opens
@@ -49,12 +51,14 @@ from typing import Any, TypeVar, cast
 
 from dependency_injector import containers, providers
 
+from lake import tracing as otel
 from lake.api.admission import Admission, AdmissionInterceptor
 from lake.api.auth import AuthInterceptor, FailureLimiter, Keyring
 from lake.api.decode import DecodeGuard
 from lake.api.metering import MeteringInterceptor
 from lake.api.quotas import QuotaAdmin, QuotaControl, QuotaTable
 from lake.api.server import LakeServer
+from lake.api.tracing import TracingInterceptor
 from lake.api.usage import UsageServicer
 from lake.bootstrap import Lake
 from lake.errors import LifecycleError
@@ -127,6 +131,13 @@ def _metrics_address(address: str, index: int) -> str:
 
 def _plus(chosen: Sequence[Any], extra: Any, wanted: bool) -> list[Any]:
     return [*chosen, extra] if wanted else list(chosen)
+
+
+def _traced(interceptors: Sequence[Any], tracer: Any) -> list[Any]:
+    # Tracing off: the server's list has no tracing interceptor at all.
+    if tracer is None:
+        return list(interceptors)
+    return [TracingInterceptor(tracer), *interceptors]
 
 
 def _quota_admin(
@@ -218,6 +229,23 @@ class Container(containers.DeclarativeContainer):
 
     config = providers.Configuration(strict=True)
 
+    # OpenTelemetry: tracer is None while tracing.enabled is false (the exporter and
+    # processor are then never built). Tests override span_processor.
+    span_exporter = providers.Singleton(
+        otel.span_exporter, config.tracing.exporter, config.tracing.endpoint
+    )
+    span_processor = providers.Singleton(otel.batch_processor, span_exporter)
+    tracing = providers.Singleton(
+        otel.open_tracing,
+        enabled=config.tracing.enabled,
+        service_name=providers.Callable(
+            otel.service_name_of, config.tracing.service_name, config.service_name
+        ),
+        sample_ratio=config.tracing.sample_ratio,
+        processor=span_processor.provider,
+    )
+    tracer = tracing.provided.tracer
+
     # Waiters, waits, holds and new connections of the PostgreSQL pool.
     pool_metrics = providers.Singleton(PoolMetrics)
     pg_pool = providers.Resource(
@@ -296,6 +324,7 @@ class Container(containers.DeclarativeContainer):
         call_timeout=config.mesh.call_timeout,
         tls=config.mesh.tls,
         protection=protection,
+        tracer=tracer,
     )
 
     # Cache versions, read in batches on a connection of their own.
@@ -328,6 +357,7 @@ class Container(containers.DeclarativeContainer):
         guard=protection.provided.postgres,
         gate=pg_gate,
         pool_metrics=pool_metrics,
+        tracer=tracer,
     )
     # The event loop's lag: health shows it, and a Redis timeout while the loop
     # itself stalled is not held against Redis.
@@ -341,6 +371,7 @@ class Container(containers.DeclarativeContainer):
         ttl_s=config.cache.ttl_s,
         breaker=protection.provided.redis.breaker,
         loop_lag=loop_lag,
+        tracer=tracer,
     )
     # Change events are recorded (outbox) only when a stream peer is configured.
     events = providers.Callable(_has_stream, config.mesh.peers)
@@ -472,6 +503,7 @@ class Container(containers.DeclarativeContainer):
         protection=protection,
         metrics=operation_metrics,
         quota_rejections=quota_rejections,
+        tracer=tracer,
     )
 
     # --- Prometheus metrics: figures read when scraped (see lake/metrics.py) --------
@@ -528,7 +560,12 @@ class Container(containers.DeclarativeContainer):
     usage_api = providers.Singleton(UsageServicer, usage_store.provider, usage_flusher)
     # Admission first: a call refused for want of a slot costs nothing more.
     # Metering after auth (the tenant is known), before decoding (message sizes).
-    interceptors = providers.List(admission_guard, auth, metering, decode_guard)
+    # Tracing (when on) first: its span covers the others' work.
+    interceptors = providers.Callable(
+        _traced,
+        providers.List(admission_guard, auth, metering, decode_guard),
+        tracer,
+    )
     server_credentials = providers.Singleton(grpc_server_credentials, config.grpc.tls)
     # Worker processes share their figures here; GetStatus adds them up.
     status_board = providers.Singleton(
@@ -607,7 +644,7 @@ class Container(containers.DeclarativeContainer):
         grace=config.grpc.grace,
         profile=config.profile,
         metrics=metrics_server,
-        drains=providers.List(usage_flusher),
+        drains=providers.List(usage_flusher, tracing),
     )
     # ``lake migrate``: start-up (which migrates) and stop, with nothing served.
     migration = providers.Singleton(Lake, manager)

@@ -17,13 +17,20 @@ from contextlib import contextmanager
 from typing import Any, TextIO
 
 import structlog
+from opentelemetry import trace
 from stamina.instrumentation import RetryDetails, set_on_retry_hooks
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from lake.config import mask_text, masked
 from lake.errors import LakeError
 
-__all__ = ["configure_logging", "operation_context", "redact", "register_secrets"]
+__all__ = [
+    "add_trace_ids",
+    "configure_logging",
+    "operation_context",
+    "redact",
+    "register_secrets",
+]
 
 _secrets: set[str] = set()
 # Libraries that log at INFO what an operator does not need (command lines, pids).
@@ -61,6 +68,18 @@ def redact(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
     return event_dict
 
 
+def add_trace_ids(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """
+    Add the active span's ``trace_id`` and ``span_id`` (hex, as W3C traceparent
+    spells them), when a span is active: one context-variable read otherwise.
+    """
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        event_dict["trace_id"] = format(context.trace_id, "032x")
+        event_dict["span_id"] = format(context.span_id, "016x")
+    return event_dict
+
+
 def _log_retry(details: RetryDetails) -> None:
     # stamina's own structlog hook logs the call's args and kwargs (a DSN, say).
     structlog.get_logger("lake.retry").warning(
@@ -87,6 +106,7 @@ def _chain(fmt: str) -> tuple[list[Processor], Processor]:
         renderer = structlog.dev.ConsoleRenderer(colors=False)
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
+        add_trace_ids,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

@@ -16,7 +16,7 @@ import asyncio
 import enum
 import time
 from functools import partial
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 import structlog
 
@@ -81,7 +81,11 @@ from lake.ports import Components, ResourceSet
 from lake.protection import Protection
 from lake.resilience import RetryPolicy, is_transient
 from lake.routes import ROUTES, Route
+from lake.tracing import failed, operation_span
 from lake.usage import OperationStats, Usage
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 __all__ = ["ServiceManager", "State"]
 
@@ -118,6 +122,7 @@ class ServiceManager:
         protection: breakers, retry budgets and adaptive timeouts per dependency.
         quota_rejections: counts the calls a tenant's quota refused, by quota.
         metrics: counts calls by status code and their durations (Prometheus).
+        tracer: makes a span per operation (None: tracing is off).
     """
 
     def __init__(
@@ -136,6 +141,7 @@ class ServiceManager:
         protection: Protection | None = None,
         quota_rejections: QuotaRejections | None = None,
         metrics: OperationMetrics | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self._resources = resources
         self._limits = limits
@@ -155,6 +161,7 @@ class ServiceManager:
         self._routes = ROUTES
         self._protection = protection or Protection()
         self._quota_rejections = quota_rejections
+        self._tracer = tracer
         # Reads get adaptive attempt timeouts; a write cut by a guessed timeout
         # would be retried at full cost, so writes have the caller's deadline.
         self._adaptive = {t for t, r in ROUTES.items() if r.scope is not None}
@@ -374,7 +381,10 @@ class ServiceManager:
         name = type(operation).__name__
         failure: str | None = None
         started = time.perf_counter()
-        with operation_context(tenant=operation.tenant, operation=name):
+        with (
+            operation_context(tenant=operation.tenant, operation=name),
+            operation_span(self._tracer, name, operation.tenant) as span,
+        ):
             try:
                 await self._admit(operation)  # quotas: validated, before the pool
                 return await self._bounded(route, operation)
@@ -391,6 +401,8 @@ class ServiceManager:
                 took = time.perf_counter() - started
                 self._usage.record(name, took * 1000.0, failure)
                 self._metrics.record(name, operation.tenant, took, failure)
+                if failure is not None:
+                    failed(span, failure)
 
     async def _admit(self, op: Operation) -> None:
         quotas = self._running().quotas

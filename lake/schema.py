@@ -319,10 +319,17 @@ def _check_url(value: str, schemes: tuple[str, ...], what: str) -> None:
             raise ValueError(msg)
 
 
+def _check_collector(value: str) -> None:
+    if not value:
+        msg = "tracing with the otlp exporter needs a collector (http://host:4317)"
+        raise ValueError(msg)
+    _check_url(value, ("http", "https"), "collector")
+
+
 def check_addresses(values: Mapping[str, Any], profile: str) -> None:
     """
     Check grpc.address and metrics.address (shape, port range, host resolves),
-    every mesh peer, and the
+    every mesh peer, the OTLP collector's URL when tracing exports to one, and the
     shape of postgres.dsn and redis.url, before anything starts.
 
     Raises:
@@ -344,6 +351,9 @@ def check_addresses(values: Mapping[str, Any], profile: str) -> None:
     ]
     if values["metrics"]["address"]:  # empty: no metrics endpoint
         checks.append(("metrics.address", values["metrics"]["address"], _check_listen))
+    tracing = values["tracing"]
+    if tracing["enabled"] and tracing["exporter"] == "otlp":
+        checks.append(("tracing.endpoint", tracing["endpoint"], _check_collector))
     checks += [
         (f"mesh.peers.{name}", spec, _check_peer)
         for name, spec in values["mesh"]["peers"].items()

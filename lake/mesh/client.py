@@ -23,7 +23,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import structlog
@@ -48,11 +48,16 @@ from lake.protection import (
     first_attempt,
 )
 from lake.tls import channel_credentials, channel_options, client_tls_of
+from lake.tracing import end_span, failed, peer_span, trace_metadata
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 __all__ = ["MeshClient", "open_mesh", "target_of"]
 
 log = structlog.get_logger(__name__)
 R = TypeVar("R")
+Metadata = tuple[tuple[str, str], ...] | None
 
 _SERVICE_CONFIG = json.dumps(
     {"loadBalancingConfig": [{"round_robin": {}}]}, separators=(",", ":")
@@ -103,8 +108,11 @@ class MeshClient:
         *,
         call_timeout: float,
         protection: Protection | None = None,
+        tracer: Tracer | None = None,
     ):
         self._channels = dict(channels)
+        # A span per call, its context sent on as traceparent (None: off).
+        self._tracer = tracer
         self.call_timeout = call_timeout
         self._protection = protection or Protection(
             peer_timeouts=TimeoutSettings(ceiling_s=call_timeout)
@@ -166,7 +174,10 @@ class MeshClient:
         return None
 
     async def _call(
-        self, peer: str, method: str, call: Callable[[float], Awaitable[R]]
+        self,
+        peer: str,
+        method: str,
+        call: Callable[[float, Metadata], Awaitable[R]],
     ) -> R:
         guard = self._protection.peer(peer)
         ticket = guard.breaker.allow()
@@ -176,10 +187,13 @@ class MeshClient:
         timeout, own = self._timeout(
             adaptive.timeout(None) if self._protection.adaptive else None
         )
+        span = peer_span(self._tracer, peer, method)
         started = time.perf_counter()
         try:
-            reply = await call(timeout)
+            reply = await call(timeout, trace_metadata(span))
         except grpc.aio.AioRpcError as exc:
+            failed(span, exc.code().name)
+            end_span(span)
             failure = _failure(peer, exc, own_timeout=own)
             outcome = Outcome.IGNORED  # the peer answered about the request
             if isinstance(failure, MeshUnavailableError):
@@ -188,9 +202,11 @@ class MeshClient:
                     adaptive.timed_out(timeout)
             guard.breaker.record(ticket, outcome, time.perf_counter() - started)
             raise failure from None
-        except BaseException:
+        except BaseException as exc:
+            end_span(span, exc)
             guard.breaker.record(ticket, Outcome.IGNORED, 0.0)
             raise
+        end_span(span)
         took = time.perf_counter() - started
         adaptive.record(took)
         guard.breaker.record(ticket, Outcome.SUCCESS, took)
@@ -204,7 +220,9 @@ class MeshClient:
         stub = peers_pb2_grpc.CortexStub(self.channel(peer))
         request = peers_pb2.EmbedRequest(texts=list(texts))
         reply = await self._call(
-            peer, "Embed", lambda timeout: stub.Embed(request, timeout=timeout)
+            peer,
+            "Embed",
+            lambda timeout, md: stub.Embed(request, timeout=timeout, metadata=md),
         )
         if len(reply.embeddings) != len(texts):
             msg = "peer cortex returned a wrong number of embeddings"
@@ -219,7 +237,9 @@ class MeshClient:
         stub = peers_pb2_grpc.StreamStub(self.channel(peer))
         request = peers_pb2.PublishRequest(events=[_event(e) for e in events])
         reply = await self._call(
-            peer, "Publish", lambda timeout: stub.Publish(request, timeout=timeout)
+            peer,
+            "Publish",
+            lambda timeout, md: stub.Publish(request, timeout=timeout, metadata=md),
         )
         return int(reply.accepted)
 
@@ -260,6 +280,7 @@ async def open_mesh(
     close_timeout: float = 2.0,
     tls: Mapping[str, str] | None = None,
     protection: Protection | None = None,
+    tracer: Tracer | None = None,
 ) -> AsyncIterator[MeshClient]:
     """
     Open one lazy channel per peer and close them all on exit.
@@ -284,7 +305,9 @@ async def open_mesh(
     }
     try:
         log.info("mesh_opened", peers=sorted(channels))
-        yield MeshClient(channels, call_timeout=call_timeout, protection=protection)
+        yield MeshClient(
+            channels, call_timeout=call_timeout, protection=protection, tracer=tracer
+        )
     finally:
         async with asyncio.timeout(close_timeout):
             await asyncio.gather(*(c.close(None) for c in channels.values()))

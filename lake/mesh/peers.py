@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,9 +125,11 @@ class PeerServer:
         address: str = "127.0.0.1:0",
         *,
         credentials: grpc.ServerCredentials | None = None,
+        interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = (),
     ):
         self.peer = peer
-        self._server = grpc.aio.server()
+        # interceptors: e.g. Lake's tracing one, so a test sees the peer's span.
+        self._server = grpc.aio.server(interceptors=list(interceptors))
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         if isinstance(peer, CortexPeer):

@@ -18,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis.asyncio as aioredis
 import structlog
@@ -28,6 +28,10 @@ from lake.errors import CircuitOpenError, StoreUnavailableError
 from lake.lag import LoopLag
 from lake.ports import Cache, Database
 from lake.protection import BreakerSettings, BreakerState, CircuitBreaker, Outcome
+from lake.tracing import child_span, end_span
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 __all__ = ["CachedReads", "RedisCache", "RoutePolicy", "redis_connections"]
 
@@ -36,6 +40,7 @@ log = structlog.get_logger(__name__)
 _RETRY = object()  # the loading caller was cancelled: waiters load for themselves
 
 
+_REDIS_SPAN = {"db.system.name": "redis"}
 # Entries larger than this are not kept in process (4096 x 64 KiB bounds the LRU).
 _NEAR_MAX_ENTRY = 64 * 1024
 
@@ -156,8 +161,11 @@ class RedisCache:
         loop_lag: LoopLag | None = None,
         log_interval_s: float = 30.0,
         near_entries: int = 4096,
+        tracer: Tracer | None = None,
     ) -> None:
         self._client = client
+        # A span per GET and SET inside a trace (None: tracing is off).
+        self._tracer = tracer
         self._timeout = timeout
         self._ttl_s = ttl_s
         self._breaker = breaker or CircuitBreaker(
@@ -221,19 +229,27 @@ class RedisCache:
             ticket = self._breaker.allow()
         except CircuitOpenError:
             return None
+        span = child_span(self._tracer, "redis GET", _REDIS_SPAN)
         started = time.perf_counter()
         outcome = Outcome.SUCCESS
+        error: BaseException | None = None
+        value = None
         try:
             async with asyncio.timeout(self._timeout):
                 value = await self._client.get(key)
         except (aioredis.RedisError, OSError, TimeoutError) as exc:
             outcome = self._failed("get", exc, started)
+            error = exc
             return None
-        except BaseException:
+        except BaseException as exc:
             outcome = Outcome.IGNORED  # cancelled: says nothing of Redis
+            error = exc
             raise
         finally:
             self._breaker.record(ticket, outcome, time.perf_counter() - started)
+            if span is not None:
+                span.set_attribute("lake.cache.hit", value is not None)
+                end_span(span, error)
         return value if isinstance(value, bytes) else None
 
     async def set(self, key: str, value: bytes) -> None:
@@ -244,18 +260,23 @@ class RedisCache:
             ticket = self._breaker.allow()
         except CircuitOpenError:
             return
+        span = child_span(self._tracer, "redis SET", _REDIS_SPAN)
         started = time.perf_counter()
         outcome = Outcome.SUCCESS
+        error: BaseException | None = None
         try:
             async with asyncio.timeout(self._timeout):
                 await self._client.set(key, value, ex=self._ttl_s)
         except (aioredis.RedisError, OSError, TimeoutError) as exc:
             outcome = self._failed("set", exc, started)
-        except BaseException:
+            error = exc
+        except BaseException as exc:
             outcome = Outcome.IGNORED
+            error = exc
             raise
         finally:
             self._breaker.record(ticket, outcome, time.perf_counter() - started)
+            end_span(span, error)
 
     async def read_through(
         self,

@@ -17,7 +17,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import structlog
@@ -47,7 +47,11 @@ from lake.protection import (
     first_attempt,
 )
 from lake.stores.versions import VersionReader
+from lake.tracing import child_span, end_span
 from lake.validation import check_tenant
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 __all__ = [
     "APP_ROLE",
@@ -56,6 +60,7 @@ __all__ = [
     "translate_pg_error",
 ]
 
+_PG_SPAN = {"db.system.name": "postgresql"}
 # SQLSTATE classes that mean "the server cannot serve now", retry-safe.
 _UNAVAILABLE = {"08000", "08001", "08003", "08004", "08006", "57P01", "57P02", "57P03"}
 _UNAVAILABLE |= {"53300", "40001", "40P01", "25006"}
@@ -276,8 +281,11 @@ class Database:
         guard: Dependency | None = None,
         gate: FairGate | None = None,
         pool_metrics: PoolMetrics | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self._pool = pool
+        # A span per transaction and per version read, inside a trace (None: off).
+        self._tracer = tracer
         # PostgreSQL's breaker and retry budget, and the pool's fair shares.
         self._guard = guard or Dependency(
             "postgres",
@@ -397,21 +405,31 @@ class Database:
         discarded, so no state can reach the next user of the pool.
         """
         setup = _setup_sql(tenant, settings or {}, prelude)
-        async with self.connection(tenant or "") as conn:
-            try:
-                await conn.execute(setup)
-                yield conn
-                await conn.execute("COMMIT")
-            except asyncio.CancelledError:
-                conn.terminate()
-                raise
-            except BaseException as exc:
-                await _rollback(conn)
-                if _read_only(exc):
-                    await self.recycle("read-only")
-                if isinstance(exc, Exception) and not isinstance(exc, LakeError):
-                    raise translate_pg_error(exc) from None
-                raise
+        # One span for the whole transaction, the connection's wait included (no
+        # SQL text: the setup statement names the tenant and the settings).
+        span = child_span(self._tracer, "pg transaction", _PG_SPAN)
+        error: BaseException | None = None
+        try:
+            async with self.connection(tenant or "") as conn:
+                try:
+                    await conn.execute(setup)
+                    yield conn
+                    await conn.execute("COMMIT")
+                except asyncio.CancelledError:
+                    conn.terminate()
+                    raise
+                except BaseException as exc:
+                    await _rollback(conn)
+                    if _read_only(exc):
+                        await self.recycle("read-only")
+                    if isinstance(exc, Exception) and not isinstance(exc, LakeError):
+                        raise translate_pg_error(exc) from None
+                    raise
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            end_span(span, error)
 
     async def cache_version(self, tenant: str, scope: str) -> str:
         """
@@ -430,23 +448,31 @@ class Database:
                     )
                 except Exception as exc:
                     raise translate_pg_error(exc) from None
-        reader = self._versions
-        if reader is not None and reader.usable:
-            # A failed, stuck or closed reader: the pool answers this read instead.
-            with contextlib.suppress(Exception):
-                gen = await reader.generation(tenant, scope)
-                return f"{self._namespace}:{gen}"
-        async with self.connection() as conn:
-            try:
-                # One round trip, no transaction: this sits on every cached read.
-                gen = await conn.fetchval(
-                    "SELECT gen FROM cache_generations"
-                    " WHERE tenant_id = $1 AND scope = $2",
-                    tenant,
-                    scope,
-                )
-            except Exception as exc:
-                raise translate_pg_error(exc) from None
+        span = child_span(self._tracer, "pg cache version", _PG_SPAN)
+        error: BaseException | None = None
+        try:
+            reader = self._versions
+            if reader is not None and reader.usable:
+                # A failed, stuck or closed reader: the pool answers instead.
+                with contextlib.suppress(Exception):
+                    gen = await reader.generation(tenant, scope)
+                    return f"{self._namespace}:{gen}"
+            async with self.connection() as conn:
+                try:
+                    # One round trip, no transaction: on every cached read.
+                    gen = await conn.fetchval(
+                        "SELECT gen FROM cache_generations"
+                        " WHERE tenant_id = $1 AND scope = $2",
+                        tenant,
+                        scope,
+                    )
+                except Exception as exc:
+                    raise translate_pg_error(exc) from None
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            end_span(span, error)
         return f"{self._namespace}:{gen or 0}"
 
     def wrote(self, table: str, rows: int) -> None:
