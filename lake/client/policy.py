@@ -22,6 +22,7 @@ import json
 from typing import Any, Final
 
 __all__ = [
+    "HEALTH_CHECK_CONFIG",
     "RETRY_POLICY",
     "RETRY_SERVICE_CONFIG",
     "channel_options",
@@ -42,15 +43,23 @@ RETRY_SERVICE_CONFIG: Final[dict[str, Any]] = {
 }
 
 
+# Client-side health checking: round robin skips an instance whose ``lake.ready``
+# is NOT_SERVING (one that is draining after SIGTERM, or has lost PostgreSQL).
+# Without it a rolling restart still failed calls that reached a stopping
+# instance (tests/cluster: CANCELLED, not retryable).
+HEALTH_CHECK_CONFIG: Final[dict[str, Any]] = {"serviceName": "lake.ready"}
+
+
 def service_config_json(*, round_robin: bool = False) -> str:
     """
     The service config as JSON; ``round_robin`` spreads calls over every address
     the target resolves to (an ``ipv4:`` list, a ``dns:///`` name), where gRPC's
-    default (pick_first) sticks to one.
+    default (pick_first) sticks to one, and leaves out instances not ready.
     """
     config: dict[str, Any] = dict(RETRY_SERVICE_CONFIG)
     if round_robin:
         config["loadBalancingConfig"] = [{"round_robin": {}}]
+        config["healthCheckConfig"] = HEALTH_CHECK_CONFIG
     return json.dumps(config, separators=(",", ":"))
 
 

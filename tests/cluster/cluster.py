@@ -23,6 +23,7 @@ from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lake.api.auth import hash_token
+from lake.client.policy import channel_options
 from lake.mesh.peers import StreamPeer
 from lake.mesh.v1 import peers_pb2
 from lake.v1 import health_pb2 as lake_health_pb2
@@ -30,7 +31,6 @@ from lake.v1 import health_pb2_grpc as lake_health_grpc
 from tests.waiting import eventually
 
 __all__ = [
-    "RETRY_POLICY",
     "SERVICE_CONFIG",
     "TOKENS",
     "Instance",
@@ -49,23 +49,12 @@ __all__ = [
 # refuses calls, so no call is on its way to it when it stops), and a call that
 # ended UNAVAILABLE (an instance refusing while it stops or starts) retried up to
 # 3 more times on the next instance round robin picks.
-# TODO(after merge): use lake.client's service config constant instead.
-RETRY_POLICY: dict[str, Any] = {
-    "maxAttempts": 4,
-    "initialBackoff": "0.1s",
-    "maxBackoff": "2s",
-    "backoffMultiplier": 2,
-    "retryableStatusCodes": ["UNAVAILABLE"],
-}
-SERVICE_CONFIG: dict[str, Any] = {
-    "loadBalancingConfig": [{"round_robin": {}}],
-    "healthCheckConfig": {"serviceName": "lake.ready"},
-    "methodConfig": [{"name": [{}], "retryPolicy": RETRY_POLICY}],
-}
-CHANNEL_OPTIONS: list[tuple[str, Any]] = [
-    ("grpc.service_config", json.dumps(SERVICE_CONFIG)),
-    ("grpc.enable_retries", 1),
-]
+# The policy lake.client documents, with round robin and client-side health
+# checking (lake.ready): a draining instance is left out before it stops.
+CHANNEL_OPTIONS: list[tuple[str, Any]] = channel_options(round_robin=True)
+SERVICE_CONFIG: dict[str, Any] = json.loads(
+    dict(CHANNEL_OPTIONS)["grpc.service_config"]
+)
 
 # Settings tokens, one tenant per test so that counts never mix.
 TOKENS: dict[str, Any] = {

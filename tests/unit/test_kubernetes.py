@@ -127,12 +127,14 @@ def test_probes_use_grpc_health_on_the_grpc_port(objects):
 
 
 def test_the_pod_outlives_its_drain(objects):
-    """terminationGracePeriodSeconds > preStop pause + grpc.grace."""
+    """terminationGracePeriodSeconds > preStop pause + grpc.drain_s + grpc.grace."""
     pod = one(objects, "Deployment", "lake")["spec"]["template"]["spec"]
     command = lake_container(objects)["lifecycle"]["preStop"]["exec"]["command"]
     assert command[0] == "sleep"
-    grace = float(settings_map(objects)["data"]["LAKE_GRPC__GRACE"])
-    assert pod["terminationGracePeriodSeconds"] > float(command[1]) + grace
+    data = settings_map(objects)["data"]
+    grace = float(data["LAKE_GRPC__GRACE"])
+    drain = float(data["LAKE_GRPC__DRAIN_S"])
+    assert pod["terminationGracePeriodSeconds"] > float(command[1]) + drain + grace
 
 
 def test_one_server_process_per_pod_listening_on_the_pod(objects):
