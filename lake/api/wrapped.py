@@ -22,6 +22,7 @@ class WrappedHandlers:
 
     def __init__(self) -> None:
         self._by_method: dict[str, tuple[Any, Any]] = {}
+        self.built = 0  # wrappers made (one per method while the cache holds)
 
     def get(
         self, method: str, handler: Any, wrap: Callable[..., Any], *args: Any
@@ -33,6 +34,7 @@ class WrappedHandlers:
         if cached is not None and cached[0] is handler:
             return cached[1]
         wrapped = wrap(handler, *args)
+        self.built += 1
         if wrapped is not None:
             self._by_method[method] = (handler, wrapped)
         return wrapped
