@@ -6,7 +6,9 @@ to the waiting tenant that holds the fewest slots (oldest first among equals).
 It is work conserving: one tenant alone may use every slot. But a tenant flooding
 the pool does not make others queue behind its backlog: a second tenant's call
 takes the next slot that frees, so its wait is about one hold time, not the whole
-flood's. A tenant may also be capped at ``share`` of the capacity outright.
+flood's. And while another tenant uses the dependency (holds or waits for a slot,
+or took one in the last ``active_s`` seconds), a tenant is capped at ``share`` of
+the capacity, so the other finds slots free instead of waiting for one.
 
 Waiting is refused at once (RESOURCE_EXHAUSTED with a pushback) instead of queued
 when the tenant already has ``max_queue_per_tenant`` callers waiting, or when the
@@ -40,6 +42,7 @@ class GateSettings:
     share: float = 0.5
     max_queue_per_tenant: int = 256
     wait_s: float = 2.0
+    active_s: float = 1.0
 
 
 class FairGate:
@@ -57,6 +60,10 @@ class FairGate:
         self.waiting = 0
         self.rejected = 0
         self._hold_s = 0.005  # mean hold time (EWMA), for the expected wait
+        # The tenant that took a slot last, when, and when another did before it.
+        self._last = ""
+        self._last_at = float("-inf")
+        self._other_at = float("-inf")
 
     async def acquire(self, tenant: str) -> float:
         """
@@ -66,11 +73,36 @@ class FairGate:
             ResourceExhaustedError: no slot in time, or none expected in time.
         """
         held = self._held.get(tenant, 0)
-        if self.active < self.capacity and not self.waiting and held < self._cap:
+        if (
+            self.active < self.capacity
+            and not self.waiting
+            and held < self._limit(tenant)
+        ):
             self.active += 1
             self._held[tenant] = held + 1
+            self._took(tenant)
             return time.perf_counter()
         return await self._wait(tenant)
+
+    def _limit(self, tenant: str) -> int:
+        """
+        How many slots ``tenant`` may hold: all of them while it is alone, its
+        share while another tenant uses the dependency.
+        """
+        if len(self._held) > (tenant in self._held):
+            return self._cap  # another tenant holds a slot
+        if len(self._queues) > (tenant in self._queues):
+            return self._cap  # another tenant waits for one
+        recent = time.monotonic() - self.settings.active_s
+        other = self._last_at if tenant != self._last else self._other_at
+        return self._cap if other > recent else self.capacity
+
+    def _took(self, tenant: str) -> None:
+        now = time.monotonic()
+        if tenant != self._last:
+            self._other_at = self._last_at
+            self._last = tenant
+        self._last_at = now
 
     def release(self, tenant: str, taken: float) -> None:
         """
@@ -159,10 +191,10 @@ class FairGate:
         # the longest-waiting tenant, breaks ties); one over its cap waits on.
         while self.waiting and self.active < self.capacity:
             best: str | None = None
-            fewest = self._cap
+            fewest = self.capacity
             for tenant in self._queues:
                 held = self._held.get(tenant, 0)
-                if held < fewest:
+                if held < fewest and held < self._limit(tenant):
                     best, fewest = tenant, held
             if best is None:
                 return
@@ -177,4 +209,5 @@ class FairGate:
                 continue  # gave up meanwhile
             self.active += 1
             self._held[best] = fewest + 1
+            self._took(best)
             future.set_result(None)

@@ -299,15 +299,35 @@ async def test_fair_gate_wait_ends_with_resource_exhausted() -> None:
     assert gate.active == 0
 
 
-async def test_fair_gate_share_caps_one_tenant() -> None:
+async def test_fair_gate_a_tenant_alone_may_take_every_slot() -> None:
     gate = FairGate(GateSettings(capacity=4, share=0.5, wait_s=0.01))
+    alone = [await gate.acquire("a") for _ in range(4)]  # nobody else: all of it
+    for taken in alone:
+        gate.release("a", taken)
+    assert gate.active == 0
+
+
+async def test_fair_gate_caps_a_tenant_at_its_share_while_another_is_active() -> None:
+    gate = FairGate(GateSettings(capacity=4, share=0.5, wait_s=0.01))
+    other = await gate.acquire("b")
     first = [await gate.acquire("a") for _ in range(2)]
     with pytest.raises(ResourceExhaustedError):
-        await gate.acquire("a")  # half the pool is a's limit
-    other = await gate.acquire("b")
+        await gate.acquire("a")  # half the pool while b holds a slot
+    gate.release("b", other)
+    with pytest.raises(ResourceExhaustedError):
+        await gate.acquire("a")  # b took one within active_s: still half
+    assert gate.active == 2  # b could come back and find a slot free
     for taken in first:
         gate.release("a", taken)
-    gate.release("b", other)
+    assert gate.active == 0
+
+
+async def test_fair_gate_cap_lifts_once_the_other_tenant_is_gone() -> None:
+    gate = FairGate(GateSettings(capacity=4, share=0.5, wait_s=0.01, active_s=0.0))
+    gate.release("b", await gate.acquire("b"))  # b came and went
+    held = [await gate.acquire("a") for _ in range(4)]
+    for taken in held:
+        gate.release("a", taken)
     assert gate.active == 0
 
 
