@@ -25,6 +25,7 @@ import math
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 from lake import deadline
 from lake.errors import ResourceExhaustedError
@@ -43,6 +44,12 @@ class GateSettings:
     max_queue_per_tenant: int = 256
     wait_s: float = 2.0
     active_s: float = 1.0
+
+
+def _others(by_tenant: dict[str, Any], tenant: str) -> bool:
+    # Whether a tenant other than ``tenant`` (and other than Lake itself) is in.
+    n = len(by_tenant) - (tenant in by_tenant) - ("" in by_tenant)
+    return n > 0
 
 
 class FairGate:
@@ -87,17 +94,19 @@ class FairGate:
     def _limit(self, tenant: str) -> int:
         """
         How many slots ``tenant`` may hold: all of them while it is alone, its
-        share while another tenant uses the dependency.
+        share while another tenant uses the dependency. Lake's own work (tenant
+        ``""``: token, quota and usage tables, analyses) always gets a share and
+        does not count as another tenant.
         """
-        if len(self._held) > (tenant in self._held):
-            return self._cap  # another tenant holds a slot
-        if len(self._queues) > (tenant in self._queues):
-            return self._cap  # another tenant waits for one
+        if not tenant or _others(self._held, tenant) or _others(self._queues, tenant):
+            return self._cap
         recent = time.monotonic() - self.settings.active_s
         other = self._last_at if tenant != self._last else self._other_at
         return self._cap if other > recent else self.capacity
 
     def _took(self, tenant: str) -> None:
+        if not tenant:
+            return
         now = time.monotonic()
         if tenant != self._last:
             self._other_at = self._last_at

@@ -407,3 +407,17 @@ async def test_attempt_watch_leaves_a_prompt_attempt_alone() -> None:
     await asyncio.sleep(0.005)
     assert not watch.disarm(task)
     await watch.aclose()
+
+
+async def test_fair_gate_lakes_own_work_does_not_cap_a_tenant() -> None:
+    gate = FairGate(GateSettings(capacity=8, share=0.5, wait_s=0.01))
+    system = [await gate.acquire("") for _ in range(4)]  # Lake's own: its share
+    with pytest.raises(ResourceExhaustedError):
+        await gate.acquire("")  # never more, though slots are free
+    held = [await gate.acquire("a") for _ in range(4)]  # a is still alone: all
+    assert gate.active == 8
+    for taken in system:
+        gate.release("", taken)
+    for taken in held:
+        gate.release("a", taken)
+    assert gate.active == 0
