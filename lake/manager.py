@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any, overload
 
@@ -419,8 +420,6 @@ class ServiceManager:
         budget = self._operation_timeout if left is None else left
         policy = self._operations.within(budget)
         attempt = partial(self._dispatch, route, op)
-        if self._protection.adaptive and type(op) in self._adaptive:
-            attempt = partial(self._timed, route, op, type(op).__name__)
         try:
             with deadline.deadline_scope(budget):
                 async with asyncio.timeout(budget):
@@ -442,27 +441,28 @@ class ServiceManager:
                 return False
         return self._protection.may_retry(exc)
 
-    async def _timed(self, route: Route, op: Any, kind: str) -> object:
-        # A read attempt bounded by its adaptive timeout (clamp(k x p99)), within
+    async def _timed(self, load: Callable[[], Awaitable[object]], kind: str) -> object:
+        # A read's load bounded by its adaptive timeout (clamp(k x p99)), within
         # the caller's deadline; cut by it, it failed for the dependency and may be
-        # retried. PostgreSQL's statement timeout follows (it is what remains).
+        # retried. PostgreSQL's statement timeout follows (it is what remains). Only
+        # the load: a cache hit pays nothing for it.
         tracker = self._protection.postgres.timeouts(kind)
         left = deadline.remaining()
         limit = tracker.timeout(left)
         started = time.perf_counter()
         if left is not None and limit >= left:
             # The caller's deadline governs (so does the ceiling while warming up).
-            result = await self._dispatch(route, op)
+            result = await load()
             tracker.record(time.perf_counter() - started)
             return result
         task = asyncio.current_task()
         if task is None:  # not in a task: nothing to cut
-            return await self._dispatch(route, op)
+            return await load()
         watch = self._protection.watch
         watch.arm(task, asyncio.get_running_loop().time() + limit)
         tokens = deadline.enter_attempt(limit)
         try:
-            result = await self._dispatch(route, op)
+            result = await load()
         except asyncio.CancelledError:
             if not watch.disarm(task):
                 raise
@@ -478,7 +478,9 @@ class ServiceManager:
 
     async def _dispatch(self, route: Route, op: Any) -> object:
         c = self._running()
-        load = partial(route.handler, c, op)
+        load: Callable[[], Awaitable[object]] = partial(route.handler, c, op)
+        if self._protection.adaptive and type(op) in self._adaptive:
+            load = partial(self._timed, load, type(op).__name__)
         if route.scope is None or route.codec is None:
             return await load()
         return await c.reads.read(op.tenant, route.scope(op), op, load, route.codec)
