@@ -309,13 +309,7 @@ class Container(containers.DeclarativeContainer):
             floor_s=config.protection.timeouts.floor_s,
             samples=config.protection.timeouts.samples,
         ),
-        peer_timeouts=providers.Factory(
-            TimeoutSettings,
-            ceiling_s=config.mesh.call_timeout,
-            multiplier=config.protection.timeouts.multiplier,
-            floor_s=config.protection.timeouts.floor_s,
-            samples=config.protection.timeouts.samples,
-        ),
+        peer_ceiling_s=config.mesh.call_timeout,
         adaptive=config.protection.timeouts.enabled,
     )
     mesh_client = providers.Resource(

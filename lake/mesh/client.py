@@ -44,7 +44,6 @@ from lake.protection import (
     BreakerState,
     Outcome,
     Protection,
-    TimeoutSettings,
     first_attempt,
 )
 from lake.tls import channel_credentials, channel_options, client_tls_of
@@ -114,9 +113,7 @@ class MeshClient:
         # A span per call, its context sent on as traceparent (None: off).
         self._tracer = tracer
         self.call_timeout = call_timeout
-        self._protection = protection or Protection(
-            peer_timeouts=TimeoutSettings(ceiling_s=call_timeout)
-        )
+        self._protection = protection or Protection(peer_ceiling_s=call_timeout)
 
     @property
     def peers(self) -> list[str]:

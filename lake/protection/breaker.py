@@ -34,10 +34,13 @@ from dataclasses import dataclass
 import structlog
 
 from lake.errors import CircuitOpenError
+from lake.protection.window import SecondBuckets
 
 __all__ = ["BreakerSettings", "BreakerState", "CircuitBreaker", "Outcome"]
 
 log = structlog.get_logger(__name__)
+
+_CALLS, _FAILURES, _SLOW = 0, 1, 2  # counters of a window's bucket
 
 
 class BreakerState(enum.Enum):
@@ -102,11 +105,8 @@ class CircuitBreaker:
         self._on_transition = on_transition
         self.state = BreakerState.CLOSED
         self._epoch = 0
-        n = max(1, s.window_s)
-        self._stamps = [-1] * n
-        self._calls = [0] * n
-        self._failures = [0] * n
-        self._slow = [0] * n
+        # Calls, failures and slow calls per second of the window.
+        self._window = SecondBuckets(s.window_s, 3)
         self._open_until = 0.0
         self._half_open_since = 0.0
         self._probes_issued = 0
@@ -177,12 +177,12 @@ class CircuitBreaker:
                 return
             failed = outcome is Outcome.FAILURE
             now = self._clock()
-            i = self._bucket(now)
-            self._calls[i] += 1
+            bucket = self._window.bucket(now)
+            bucket[_CALLS] += 1
             if failed:
-                self._failures[i] += 1
+                bucket[_FAILURES] += 1
             if slow:
-                self._slow[i] += 1
+                bucket[_SLOW] += 1
             if failed or slow:
                 self._judge(now)
         elif self.state is BreakerState.HALF_OPEN:
@@ -228,22 +228,8 @@ class CircuitBreaker:
 
     # --- internals -----------------------------------------------------------------
 
-    def _bucket(self, now: float) -> int:
-        second = int(now)
-        i = second % len(self._stamps)
-        if self._stamps[i] != second:
-            self._stamps[i] = second
-            self._calls[i] = self._failures[i] = self._slow[i] = 0
-        return i
-
     def _totals(self, now: float) -> tuple[int, int, int]:
-        oldest = int(now) - len(self._stamps)
-        calls = failures = slow = 0
-        for i, stamp in enumerate(self._stamps):
-            if stamp > oldest:
-                calls += self._calls[i]
-                failures += self._failures[i]
-                slow += self._slow[i]
+        calls, failures, slow = self._window.totals(now)
         return calls, failures, slow
 
     def _over(self, calls: int, failures: int, slow: int) -> bool:
@@ -269,7 +255,7 @@ class CircuitBreaker:
         if state is BreakerState.HALF_OPEN:
             self._half_open_since = now
         if state is BreakerState.CLOSED:
-            self._stamps = [-1] * len(self._stamps)  # a fresh window
+            self._window.clear()  # a fresh window
         key = f"{was.value}->{state.value}"
         self.transitions[key] = self.transitions.get(key, 0) + 1
         failure_rate, slow_rate = self.last_rates

@@ -15,7 +15,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from lake.protection.window import SecondBuckets
+
 __all__ = ["BudgetSettings", "RetryBudget"]
+
+_REQUESTS, _RETRIES = 0, 1  # counters of a window's bucket
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,10 +46,8 @@ class RetryBudget:
     ) -> None:
         self.settings = s = settings or BudgetSettings()
         self._clock = clock
-        n = max(1, s.ttl_s)
-        self._stamps = [-1] * n
-        self._requests = [0] * n
-        self._retries = [0] * n
+        # First attempts and retries per second of the last ttl_s.
+        self._window = SecondBuckets(s.ttl_s, 2)
         self.spent = 0
         self.denied = 0
 
@@ -53,25 +55,20 @@ class RetryBudget:
         """
         Count one first attempt.
         """
-        self._requests[self._bucket(self._clock())] += 1
+        self._window.add(self._clock(), _REQUESTS)
 
     def try_spend(self) -> bool:
         """
         Spend one retry if the budget holds it; False (and counted) if not.
         """
         now = self._clock()
-        oldest = int(now) - len(self._stamps)
-        requests = retries = 0
-        for i, stamp in enumerate(self._stamps):
-            if stamp > oldest:
-                requests += self._requests[i]
-                retries += self._retries[i]
+        requests, retries = self._window.totals(now)
         s = self.settings
-        allowed = s.ratio * requests + s.min_per_s * len(self._stamps)
+        allowed = s.ratio * requests + s.min_per_s * max(1, s.ttl_s)
         if retries + 1 > allowed:
             self.denied += 1
             return False
-        self._retries[self._bucket(now)] += 1
+        self._window.add(now, _RETRIES)
         self.spent += 1
         return True
 
@@ -80,11 +77,3 @@ class RetryBudget:
         Retries spent and denied since start.
         """
         return {"retries": self.spent, "retries_denied": self.denied}
-
-    def _bucket(self, now: float) -> int:
-        second = int(now)
-        i = second % len(self._stamps)
-        if self._stamps[i] != second:
-            self._stamps[i] = second
-            self._requests[i] = self._retries[i] = 0
-        return i

@@ -18,6 +18,7 @@ adaptive timeout. ``snapshot()`` is what ``lake status`` shows.
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -110,7 +111,8 @@ class Protection:
         redis_breaker: thresholds of the Redis breaker (a cache: quick to skip).
         budget: the retry budget of each dependency.
         timeouts: bounds of the adaptive timeouts of PostgreSQL reads.
-        peer_timeouts: bounds of the adaptive timeouts of mesh calls.
+        peer_ceiling_s: the ceiling of the mesh calls' adaptive timeouts (their
+            other bounds are the reads'); None: the reads' ceiling.
         adaptive: False turns adaptive timeouts off (the caller's deadline alone).
     """
 
@@ -121,18 +123,23 @@ class Protection:
         redis_breaker: BreakerSettings | None = None,
         budget: BudgetSettings | None = None,
         timeouts: TimeoutSettings | None = None,
-        peer_timeouts: TimeoutSettings | None = None,
+        peer_ceiling_s: float | None = None,
         adaptive: bool = True,
     ) -> None:
         self._breaker = breaker or BreakerSettings()
         self._budget = budget or BudgetSettings()
-        self._peer_timeouts = peer_timeouts or TimeoutSettings()
+        reads = timeouts or TimeoutSettings()
+        self._peer_timeouts = (
+            reads
+            if peer_ceiling_s is None
+            else dataclasses.replace(reads, ceiling_s=peer_ceiling_s)
+        )
         self.adaptive = adaptive
         self.postgres = Dependency(
             "postgres",
             breaker=self._breaker,
             budget=self._budget,
-            timeouts=timeouts or TimeoutSettings(),
+            timeouts=reads,
         )
         self.redis = Dependency(
             "redis",

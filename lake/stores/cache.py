@@ -27,7 +27,7 @@ from lake.codec import Codec, cache_key
 from lake.errors import CircuitOpenError, StoreUnavailableError
 from lake.lag import LoopLag
 from lake.ports import Cache, Database
-from lake.protection import BreakerSettings, BreakerState, CircuitBreaker, Outcome
+from lake.protection import BreakerState, CircuitBreaker, Outcome, Protection
 from lake.tracing import child_span, end_span
 
 if TYPE_CHECKING:
@@ -168,9 +168,7 @@ class RedisCache:
         self._tracer = tracer
         self._timeout = timeout
         self._ttl_s = ttl_s
-        self._breaker = breaker or CircuitBreaker(
-            "redis", BreakerSettings(min_calls=5, open_wait_s=1.0)
-        )
+        self._breaker = breaker or Protection().redis.breaker
         self._loop_lag = loop_lag
         self._log_interval_s = log_interval_s
         self._last_logged = float("-inf")

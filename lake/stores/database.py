@@ -37,13 +37,11 @@ from lake.errors import (
 from lake.metering import timed_db
 from lake.poolmetrics import PoolMetrics
 from lake.protection import (
-    BreakerSettings,
     BreakerState,
-    BudgetSettings,
     Dependency,
     FairGate,
     Outcome,
-    TimeoutSettings,
+    Protection,
     first_attempt,
 )
 from lake.stores.versions import VersionReader
@@ -287,12 +285,7 @@ class Database:
         # A span per transaction and per version read, inside a trace (None: off).
         self._tracer = tracer
         # PostgreSQL's breaker and retry budget, and the pool's fair shares.
-        self._guard = guard or Dependency(
-            "postgres",
-            breaker=BreakerSettings(),
-            budget=BudgetSettings(),
-            timeouts=TimeoutSettings(),
-        )
+        self._guard = guard or Protection().postgres
         self._gate = gate
         self._versions = versions
         self._acquire_timeout = acquire_timeout
