@@ -6,15 +6,13 @@ admin-only lake.v1.Quotas service (as ``lake token`` manages tokens).
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
 
-from lake.api.channels import client_for
-from lake.client import Client, TenantQuotas, status_details, status_name
-from lake.errors import LakeError
+from lake.client import TenantQuotas
+from lake.console import admin_call
 
 __all__ = ["register_quotas"]
 
@@ -23,25 +21,6 @@ T = TypeVar("T")
 # --flag -> quota name; 0 means unlimited.
 _RATES = ("read_per_s", "write_per_s", "search_per_s", "text_per_s")
 _CAPS = ("max_collections", "max_vectors", "max_features", "max_points_per_day")
-
-
-def _call(
-    target: str, token: str | None, timeout: float, send: Callable[[Client], T]
-) -> T:
-    """
-    ``send`` on a client of ``target``; a refusal prints one line and exits 1.
-    """
-    with client_for(target, token=token, timeout=timeout, tls=False) as lake:
-        try:
-            return send(lake)
-        except LakeError as exc:
-            if status_name(exc):
-                click.echo(
-                    f"lake quota: {status_name(exc)}: {status_details(exc)}", err=True
-                )
-            else:
-                click.echo("lake quota: call failed", err=True)
-            sys.exit(1)
 
 
 def _number(value: float) -> str:
@@ -129,7 +108,8 @@ def register_quotas(
         if not given and not clear:
             msg = "name at least one quota (or --clear)"
             raise click.UsageError(msg)
-        reply = _call(
+        reply = admin_call(
+            "quota",
             target(ctx, address),
             token,
             timeout,
@@ -156,7 +136,8 @@ def register_quotas(
         """
         Show the defaults and every tenant with overrides, or one tenant.
         """
-        reply = _call(
+        reply = admin_call(
+            "quota",
             target(ctx, address),
             token,
             timeout,

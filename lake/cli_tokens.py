@@ -6,15 +6,14 @@ the admin-only lake.v1.Tokens service), or make one offline for the settings (ne
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import click
 
-from lake.api.channels import client_for
-from lake.client import Client, TokenInfo, status_details, status_name
+from lake.client import TokenInfo
+from lake.console import admin_call
 from lake.errors import LakeError
 
 __all__ = ["register_tokens"]
@@ -22,25 +21,6 @@ __all__ = ["register_tokens"]
 T = TypeVar("T")
 
 _SCOPES = ("read", "write", "admin")
-
-
-def _call(
-    target: str, token: str | None, timeout: float, send: Callable[[Client], T]
-) -> T:
-    """
-    ``send`` on a client of ``target``; a refusal prints one line and exits 1.
-    """
-    with client_for(target, token=token, timeout=timeout, tls=False) as lake:
-        try:
-            return send(lake)
-        except LakeError as exc:
-            if status_name(exc):
-                click.echo(
-                    f"lake token: {status_name(exc)}: {status_details(exc)}", err=True
-                )
-            else:
-                click.echo("lake token: call failed", err=True)
-            sys.exit(1)
 
 
 def _when(stamp: datetime | None) -> str:
@@ -142,7 +122,8 @@ def register_tokens(
             except LakeError as exc:
                 raise click.BadParameter(str(exc), param_hint="--expires") from None
             expires_in = timedelta(seconds=int(span.total_seconds()))
-        reply = _call(
+        reply = admin_call(
+            "token",
             target(ctx, address),
             token,
             timeout,
@@ -179,7 +160,8 @@ def register_tokens(
         """
         List tokens (never the tokens themselves): id, tenant, scope, dates, note.
         """
-        found = _call(
+        found = admin_call(
+            "token",
             target(ctx, address),
             token,
             timeout,
@@ -214,7 +196,8 @@ def register_tokens(
         """
         Revoke a token by id; every instance refuses it within auth.refresh_s.
         """
-        info = _call(
+        info = admin_call(
+            "token",
             target(ctx, address),
             token,
             timeout,

@@ -18,13 +18,15 @@ from typing import Any, TypeVar
 import click
 import grpc
 
-from lake.client import status_details, status_name
+from lake.api.channels import client_for
+from lake.client import Client, status_details, status_name
 from lake.errors import LakeError
 
 __all__ = [
     "EXIT_NO_SERVER",
     "EXIT_REFUSED",
     "CsvError",
+    "admin_call",
     "answer_or_exit",
     "integral",
     "read_points",
@@ -51,6 +53,31 @@ def _connected(channel: grpc.Channel, wait: float = 0.2) -> bool:
         ready.cancel()
         return False
     return True
+
+
+def admin_call(
+    command: str,
+    target: str,
+    token: str | None,
+    timeout: float,
+    send: Callable[[Client], T],
+) -> T:
+    """
+    ``send`` on a plaintext client of ``target`` (the admin commands ``lake token``
+    and ``lake quota``); a refusal prints one line naming ``command`` and exits 1.
+    """
+    with client_for(target, token=token, timeout=timeout, tls=False) as lake:
+        try:
+            return send(lake)
+        except LakeError as exc:
+            if status_name(exc):
+                click.echo(
+                    f"lake {command}: {status_name(exc)}: {status_details(exc)}",
+                    err=True,
+                )
+            else:
+                click.echo(f"lake {command}: call failed", err=True)
+            sys.exit(EXIT_REFUSED)
 
 
 def answer_or_exit(
