@@ -401,11 +401,24 @@ async def test_attempt_watch_cuts_a_late_attempt_and_takes_the_cancel_back() -> 
 
 async def test_attempt_watch_leaves_a_prompt_attempt_alone() -> None:
     watch = AttemptWatch(tick_s=0.001)
+    loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
-    watch.arm(task, asyncio.get_running_loop().time() + 60)
-    await asyncio.sleep(0.005)
-    assert not watch.disarm(task)
+    watch.arm(task, loop.time() + 60)
+
+    async def late() -> bool:
+        # Armed already late: cut at the watcher's first scan.
+        me = asyncio.current_task()
+        assert me is not None
+        watch.arm(me, loop.time())
+        try:
+            await loop.create_future()
+        except asyncio.CancelledError:
+            return watch.disarm(me)
+        return False
+
+    assert await asyncio.wait_for(late(), 5)  # the watcher has scanned...
+    assert not watch.disarm(task)  # ...and left the prompt attempt alone
     await watch.aclose()
 
 
