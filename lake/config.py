@@ -186,6 +186,9 @@ def _validators(profile: str) -> list[Validator]:
         ),
         *_each("postgres.command_timeout", is_type_of=(int, float), gte=0),
         *_each("grpc.drain_s", is_type_of=(int, float), gte=0),
+        # The cache's lease: 0 turns it off; polls at least every millisecond.
+        *_each("cache.lease_ms", is_type_of=(int, float), gte=0, lte=10_000),
+        *_each("cache.poll_ms", is_type_of=(int, float), gte=1, lte=1_000),
         *_each("operations.timeout", is_type_of=(int, float), gt=0),
         *_each("redis.retries", is_type_of=int, gte=0),
         *_each("grpc.address", must_exist=True, ne=""),

@@ -97,6 +97,7 @@ from lake.resources.postgres import open_pg_pool, pg_connector
 from lake.resources.redis import open_redis
 from lake.stores.cache import CachedReads, RedisCache
 from lake.stores.database import Database
+from lake.stores.lease import lease_app_name
 from lake.stores.migrate import Migrator
 from lake.stores.quotas import PgQuotaStore
 from lake.stores.spatial import PgSpatialStore
@@ -246,6 +247,7 @@ class Container(containers.DeclarativeContainer):
     )
     tracer = tracing.provided.tracer
 
+    cache_lease = providers.Callable(operator.truediv, config.cache.lease_ms, 1000)
     # Waiters, waits, holds and new connections of the PostgreSQL pool.
     pool_metrics = providers.Singleton(PoolMetrics)
     pg_pool = providers.Resource(
@@ -322,6 +324,7 @@ class Container(containers.DeclarativeContainer):
     )
 
     # Cache versions, read in batches on a connection of their own.
+    # With a lease, polled for changes, so that most cached reads ask nothing.
     versions = providers.Resource(
         open_version_reader,
         providers.Callable(
@@ -330,7 +333,10 @@ class Container(containers.DeclarativeContainer):
             password=config.postgres.password,
             connect_timeout=config.postgres.connect_timeout,
             statement_timeout_ms=config.postgres.statement_timeout_ms,
+            application_name=providers.Callable(lease_app_name, cache_lease),
         ),
+        lease=cache_lease,
+        poll=providers.Callable(operator.truediv, config.cache.poll_ms, 1000),
     )
     # The pool's fair shares between tenants (a bulkhead of the pool's size).
     pg_gate = providers.Singleton(

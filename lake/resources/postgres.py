@@ -63,10 +63,12 @@ def pg_connector(
     password: str = "",
     connect_timeout: float = 5.0,
     statement_timeout_ms: int = 5000,
+    application_name: str = "lake",
 ) -> Callable[[], Awaitable[Any]]:
     """
     A function that opens one connection like the pool's, for a component that
-    keeps a connection of its own (cache versions).
+    keeps a connection of its own (cache versions, named for the other instances
+    to see in ``pg_stat_activity``).
     """
 
     async def connect() -> Any:
@@ -75,7 +77,7 @@ def pg_connector(
             password=password or None,
             timeout=connect_timeout,
             server_settings={
-                "application_name": "lake",
+                "application_name": application_name,
                 "statement_timeout": str(statement_timeout_ms),
             },
         )
