@@ -260,6 +260,7 @@ class Container(containers.DeclarativeContainer):
         idle_in_transaction_timeout_ms=config.postgres.idle_in_transaction_timeout_ms,
         max_inactive_connection_lifetime=config.postgres.max_inactive_connection_lifetime,
         metrics=pool_metrics,
+        pgbouncer=config.postgres.pgbouncer,
     )
     redis = providers.Resource(
         open_redis,
@@ -330,6 +331,7 @@ class Container(containers.DeclarativeContainer):
             password=config.postgres.password,
             connect_timeout=config.postgres.connect_timeout,
             statement_timeout_ms=config.postgres.statement_timeout_ms,
+            pgbouncer=config.postgres.pgbouncer,
         ),
     )
     # The pool's fair shares between tenants (a bulkhead of the pool's size).
