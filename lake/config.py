@@ -195,7 +195,9 @@ def _validators(profile: str) -> list[Validator]:
         *_each("logging.format", is_in=["console", "json"]),
         *_each("logging.level", is_in=["DEBUG", "INFO", "WARNING", "ERROR"]),
         *_each("mesh.peers", "auth.tokens", is_type_of=dict),
-        *_each("auth.enabled", "grpc.reflection", is_type_of=bool),
+        *_each(
+            "auth.enabled", "grpc.reflection", "postgres.pgbouncer", is_type_of=bool
+        ),
         *_each(*_TLS_FILES, is_type_of=str),
         *_each("mesh.tls.server_name", "client.tls.server_name", is_type_of=str),
         *_each("grpc.tls.behind_proxy", is_type_of=bool),

@@ -262,6 +262,7 @@ class Container(containers.DeclarativeContainer):
         idle_in_transaction_timeout_ms=config.postgres.idle_in_transaction_timeout_ms,
         max_inactive_connection_lifetime=config.postgres.max_inactive_connection_lifetime,
         metrics=pool_metrics,
+        pgbouncer=config.postgres.pgbouncer,
     )
     redis = providers.Resource(
         open_redis,
@@ -334,8 +335,12 @@ class Container(containers.DeclarativeContainer):
             connect_timeout=config.postgres.connect_timeout,
             statement_timeout_ms=config.postgres.statement_timeout_ms,
             application_name=providers.Callable(lease_app_name, cache_lease),
+            pgbouncer=config.postgres.pgbouncer,
         ),
         lease=cache_lease,
+        # Behind PgBouncer the other instances' connections cannot be counted:
+        # every write then waits the lease.
+        blind=config.postgres.pgbouncer,
         poll=providers.Callable(operator.truediv, config.cache.poll_ms, 1000),
     )
     # The pool's fair shares between tenants (a bulkhead of the pool's size).

@@ -63,13 +63,21 @@ class VersionLease:
 
     Args:
         lease: seconds a write waits for other processes' leases (0: off).
+        blind: the peers cannot be counted (behind a connection pooler, whose
+            server connections carry no client's name for long): every write
+            waits the lease.
         clock: monotonic seconds.
     """
 
     def __init__(
-        self, lease: float, *, clock: Callable[[], float] = time.monotonic
+        self,
+        lease: float,
+        *,
+        blind: bool = False,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.lease = max(0.0, lease)
+        self._blind = blind
         self._valid = 0.8 * self.lease
         self._clock = clock
         self.known: dict[Key, int] = {}
@@ -190,6 +198,7 @@ class VersionLease:
         this process's own connection is not seen by its name, behind a pooler).
         """
         self.peers = peers
+        blind = blind or self._blind
         self._peers_wait = max(self.lease, max_lease) if blind else max_lease
         self._peers_at = self._clock()
 

@@ -291,12 +291,14 @@ async def open_version_reader(
     *,
     lease: float = 0.0,
     poll: float = 0.005,
+    blind: bool = False,
 ) -> AsyncIterator[VersionReader]:
     """
     A version reader whose connection opens on first use and closes on exit;
-    with a ``lease`` (seconds), reads answered from polled generations.
+    with a ``lease`` (seconds), reads answered from polled generations;
+    ``blind``: the other processes' connections cannot be counted (a pooler).
     """
-    reader = VersionReader(connect, lease=VersionLease(lease), poll=poll)
+    reader = VersionReader(connect, lease=VersionLease(lease, blind=blind), poll=poll)
     try:
         yield reader
     finally:

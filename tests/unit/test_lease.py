@@ -134,3 +134,11 @@ def test_a_lease_of_zero_is_off() -> None:
     assert lease.get(KEY) is None
     assert lease.write_wait() == 0.0
     assert lease_app_name(0.03) == "lake-versions lease=30"
+
+
+def test_behind_a_pooler_every_write_waits_the_lease() -> None:
+    """blind (postgres.pgbouncer): a count of no peers still means waiting."""
+    clock = Clock()
+    lease = VersionLease(0.03, blind=True, clock=clock)
+    lease.counted(0, 0.0, blind=False)
+    assert lease.write_wait() == 0.03
