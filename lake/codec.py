@@ -56,12 +56,25 @@ def _dumps(value: object) -> bytes:
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
+_FIELDS: dict[type, tuple[bytes, tuple[str, ...]]] = {}
+
+
+def _fields(kind: type) -> tuple[bytes, tuple[str, ...]]:
+    # An operation type's name and field names, looked up once per type.
+    found = _FIELDS.get(kind)
+    if found is None:
+        names = tuple(f.name for f in dataclasses.fields(kind))
+        found = _FIELDS[kind] = (kind.__name__.encode(), names)
+    return found
+
+
 def _fingerprint(operation: object) -> bytes:
     # Field by field; float sequences (query vectors) packed as doubles, which is
     # exact and some 50x cheaper than JSON through dataclasses.asdict.
-    parts = [type(operation).__name__.encode()]
-    for f in dataclasses.fields(operation):  # type: ignore[arg-type]
-        value = getattr(operation, f.name)
+    name, fields = _fields(type(operation))
+    parts = [name]
+    for field in fields:
+        value = getattr(operation, field)
         if type(value) in _SCALARS:  # repr is exact for these, and cheap
             parts.append(repr(value).encode())
         elif isinstance(value, list | tuple) and value and isinstance(value[0], float):

@@ -15,22 +15,22 @@ The composition root: the whole wiring of Lake on one page.
     database ── tokens (the token store)
 
     admission ──┬─ admission_guard ──┐
-    keyring ────┼─ auth ─────────────┼─ interceptors ─┐
-    auth_failures ┘   decode_guard ──┘                ├─ server ─────────┐
-    server_credentials, manager ──────────────────────┘                  │
-    manager ─┬─ upkeep ─────────┬─ workers (relay only with a stream     ├─ lake
-    events ──┴─ relay_worker ───┘   peer: events, decided once) ─────────┤
-    manager, tokens (resolved once the resources are open) ──────────────┘
+    keyring ────┼─ auth ─────────────┼─ layers ── interceptors (one Chain) ─┐
+    auth_failures ┘   decode_guard ──┘                                      │
+    server_credentials, manager ─────────────────────────── server ─────────┤
+    manager ─┬─ upkeep ─────────┬─ workers (relay only with a stream        ├─ lake
+    events ──┴─ relay_worker ───┘   peer: events, decided once) ────────────┤
+    manager, tokens (resolved once the resources are open) ─────────────────┘
     manager ── migration (lake migrate: lake without a server or workers)
 
     operation_metrics (manager), pool_metrics (pg_pool, database), quota_rejections,
     cache/events sources (manager), loop lag ── metrics_sources ── metrics
     metrics ── metrics_server (worker 0 only) ── lake;  metrics_publisher (others)
-    meter ─┬─ metering (interceptor: each data call once) ── interceptors
+    meter ─┬─ metering (a layer: each data call once) ── layers
            └─ usage_flusher (over usage_store) ── workers, lake (drains)
     usage_store, usage_flusher ── usage_api (lake.v1.Usage) ── server
     span_exporter ── span_processor ── tracing (drained by lake) ── tracer ── manager,
-        database, cache, mesh_client, interceptors (first, only when on)
+        database, cache, mesh_client, layers (first, only when on)
 
 ``lake`` (``lake.bootstrap.Lake``) is what ``lake serve`` runs: it starts the server,
 the manager, then the workers, and stops them in reverse, once. The manager opens
@@ -60,6 +60,7 @@ from lake.api.quotas import QuotaAdmin, QuotaControl, QuotaTable
 from lake.api.server import LakeServer
 from lake.api.tracing import TracingInterceptor
 from lake.api.usage import UsageServicer
+from lake.api.wrapped import chained
 from lake.bootstrap import Lake
 from lake.errors import LifecycleError
 from lake.flusher import UsageFlusher
@@ -134,11 +135,11 @@ def _plus(chosen: Sequence[Any], extra: Any, wanted: bool) -> list[Any]:
     return [*chosen, extra] if wanted else list(chosen)
 
 
-def _traced(interceptors: Sequence[Any], tracer: Any) -> list[Any]:
-    # Tracing off: the server's list has no tracing interceptor at all.
+def _traced(layers: Sequence[Any], tracer: Any) -> list[Any]:
+    # Tracing off: the server's layers have no tracing layer at all.
     if tracer is None:
-        return list(interceptors)
-    return [TracingInterceptor(tracer), *interceptors]
+        return list(layers)
+    return [TracingInterceptor(tracer), *layers]
 
 
 def _quota_admin(
@@ -566,11 +567,14 @@ class Container(containers.DeclarativeContainer):
     # Admission first: a call refused for want of a slot costs nothing more.
     # Metering after auth (the tenant is known), before decoding (message sizes).
     # Tracing (when on) first: its span covers the others' work.
-    interceptors = providers.Callable(
+    layers = providers.Callable(
         _traced,
         providers.List(admission_guard, auth, metering, decode_guard),
         tracer,
     )
+    # All of them as one interceptor: grpc.aio runs each interceptor of its list
+    # on every call, a chain wraps each method's handler once.
+    interceptors = providers.Singleton(chained, layers)
     server_credentials = providers.Singleton(grpc_server_credentials, config.grpc.tls)
     # Worker processes share their figures here; GetStatus adds them up.
     status_board = providers.Singleton(

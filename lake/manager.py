@@ -78,7 +78,7 @@ from lake.operations import (
     WritePointsMany,
 )
 from lake.opmetrics import OperationMetrics, QuotaRejections
-from lake.ports import Components, ResourceSet
+from lake.ports import MISS, Components, ResourceSet
 from lake.protection import Protection
 from lake.resilience import RetryPolicy, is_transient
 from lake.routes import ROUTES, Route
@@ -375,35 +375,44 @@ class ServiceManager:
         if route is None:
             problem = f"unknown operation {type(operation).__name__}"
             raise ValidationError(field="operation", problem=problem)
-        self._running()
+        c = self._running()
         # Checking a million vector values takes ~150 ms: big operations are
         # checked on the worker thread, so the event loop keeps serving meanwhile.
         await run_heavy(partial(operation.validate, self._limits), _weight(operation))
         name = type(operation).__name__
         failure: str | None = None
         started = time.perf_counter()
-        with (
-            operation_context(tenant=operation.tenant, operation=name),
-            operation_span(self._tracer, name, operation.tenant) as span,
-        ):
-            try:
-                await self._admit(operation)  # quotas: validated, before the pool
-                return await self._bounded(route, operation)
-            except LakeError as exc:
-                failure = _failure_kind(exc)
-                if isinstance(exc, QuotaExceededError) and self._quota_rejections:
-                    self._quota_rejections.rejected(exc.quota)
-                raise
-            except BaseException as exc:  # the caller left, or a bug (INTERNAL)
-                cancelled = isinstance(exc, asyncio.CancelledError)
-                failure = "cancelled" if cancelled else "internal"
-                raise
-            finally:
-                took = time.perf_counter() - started
-                self._usage.record(name, took * 1000.0, failure)
-                self._metrics.record(name, operation.tenant, took, failure)
-                if failure is not None:
-                    failed(span, failure)
+        # A read whose answer this process holds at the version its lease knows:
+        # answered now, with no retry, timeout or log context to set up (nothing
+        # here waits but the quota, and nothing here logs). Traced calls take the
+        # full path, which makes their spans.
+        held = MISS
+        if route.scope is not None and self._tracer is None:
+            held = c.reads.peek(operation.tenant, route.scope(operation), operation)
+        try:
+            if held is not MISS:
+                await self._admit(operation)
+                self._protection.postgres.breaker.check()  # as on the full path
+                return held
+            with (
+                operation_context(tenant=operation.tenant, operation=name),
+                operation_span(self._tracer, name, operation.tenant) as span,
+            ):
+                try:
+                    await self._admit(operation)  # quotas: validated, before the pool
+                    return await self._bounded(route, operation)
+                except BaseException as exc:
+                    failed(span, _kind(exc))
+                    raise
+        except BaseException as exc:
+            failure = _kind(exc)
+            if isinstance(exc, QuotaExceededError) and self._quota_rejections:
+                self._quota_rejections.rejected(exc.quota)
+            raise
+        finally:
+            took = time.perf_counter() - started
+            self._usage.record(name, took * 1000.0, failure)
+            self._metrics.record(name, operation.tenant, took, failure)
 
     async def _admit(self, op: Operation) -> None:
         quotas = self._running().quotas
@@ -572,6 +581,13 @@ _FAILURE_KINDS: list[tuple[type[LakeError], str]] = [
     (TransientError, "unavailable"),
     (LifecycleError, "unavailable"),
 ]
+
+
+def _kind(exc: BaseException) -> str:
+    # A Lake error by its kind; the caller leaving; anything else is a bug.
+    if isinstance(exc, LakeError):
+        return _failure_kind(exc)
+    return "cancelled" if isinstance(exc, asyncio.CancelledError) else "internal"
 
 
 def _failure_kind(exc: LakeError) -> str:

@@ -29,6 +29,7 @@ from lake.models import (
 )
 
 __all__ = [
+    "MISS",
     "Cache",
     "Components",
     "Database",
@@ -44,6 +45,9 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+# What a peek at the cache answers when the entry must be read or loaded.
+MISS: Any = object()
 
 
 class Pingable(Protocol):
@@ -99,6 +103,11 @@ class Cache(Pingable, Protocol):
         False while the cache is being skipped after a failure.
         """
 
+    def peek(self, key: str, version: str | None, route: str = "") -> object:
+        """
+        The entry of ``key`` held in process at ``version``, or ``MISS``.
+        """
+
     async def read_through(
         self,
         key: str,
@@ -131,6 +140,11 @@ class Reads(Protocol):
     """
     Reads served through the read cache, keyed on the version of their scope.
     """
+
+    def peek(self, tenant: str, scope: str, operation: object) -> object:
+        """
+        ``operation``'s answer when it is at hand without waiting, or ``MISS``.
+        """
 
     async def read(
         self,

@@ -27,7 +27,7 @@ from lake.models import (
     VectorItem,
     VectorMatch,
 )
-from lake.ports import Components
+from lake.ports import MISS, Components
 from lake.stores.cache import CachedReads
 
 T = TypeVar("T")
@@ -123,6 +123,9 @@ class FakeCache(FakePingable):
         self.available = True
         self.loads = 0
         self.drained = False
+
+    def peek(self, key: str, version: str | None, route: str = "") -> object:
+        return MISS  # everything goes through read_through
 
     async def read_through(
         self,

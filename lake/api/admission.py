@@ -23,12 +23,12 @@ from __future__ import annotations
 import inspect
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 import structlog
 
-from lake.api.wrapped import WrappedHandlers
+from lake.api.wrapped import Layer
 
 __all__ = ["Admission", "AdmissionInterceptor"]
 
@@ -37,11 +37,6 @@ log = structlog.get_logger(__name__)
 _API_PREFIX = "/lake.v1."
 _PROBES = ("/lake.v1.LakeHealth/", "/grpc.health.v1.Health/Check")
 _STREAMS = ("/grpc.health.v1.Health/Watch", "/grpc.reflection.")
-
-if TYPE_CHECKING:
-    _Interceptor = grpc.aio.ServerInterceptor[Any, Any]
-else:  # generic only in grpc-stubs, not at run time
-    _Interceptor = grpc.aio.ServerInterceptor
 
 
 class Admission:
@@ -102,28 +97,22 @@ class Admission:
         }
 
 
-class AdmissionInterceptor(_Interceptor):
+class AdmissionInterceptor(Layer):
     """
     Holds API calls and open streams to their own budgets; probes pass untouched.
     """
 
     def __init__(self, admission: Admission) -> None:
+        super().__init__()
         self._admission = admission
-        self._wrapped = WrappedHandlers()
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
-        details: grpc.HandlerCallDetails,
-    ) -> Any:
-        handler = await continuation(details)
-        method = details.method
-        if handler is None or method.startswith(_PROBES):
+    def wrap(self, handler: Any, method: str) -> Any:
+        if method.startswith(_PROBES):
             return handler
         if method.startswith(_STREAMS):
-            return self._wrapped.get(method, handler, _wrap, self._stream_slot)
+            return _wrap(handler, self._stream_slot)
         if method.startswith(_API_PREFIX):
-            return self._wrapped.get(method, handler, _wrap, self._api_slot)
+            return _wrap(handler, self._api_slot)
         return handler
 
     def _api_slot(self, context: Any) -> Callable[[], None] | None:

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import grpc
 import structlog
 
-from lake.api.wrapped import WrappedHandlers
+from lake.api.wrapped import Layer
 from lake.deadline import deadline_scope
 from lake.errors import LakeError
 from lake.tokens import Scope, TokenRecord, TokenStore, hash_token, new_token
@@ -315,14 +315,12 @@ class FailureLimiter:
 
 
 if TYPE_CHECKING:
-    _Interceptor = grpc.aio.ServerInterceptor[Any, Any]
     _Context = grpc.aio.ServicerContext[Any, Any]
 else:  # generic only in grpc-stubs, not at run time
-    _Interceptor = grpc.aio.ServerInterceptor
     _Context = grpc.aio.ServicerContext
 
 
-class AuthInterceptor(_Interceptor):
+class AuthInterceptor(Layer):
     """
     Authenticates and authorises each call and bounds it by its deadline.
     """
@@ -335,24 +333,15 @@ class AuthInterceptor(_Interceptor):
         enabled: bool = True,
         limiter: FailureLimiter | None = None,
     ) -> None:
+        super().__init__()
         self._keyring = keyring
         self._max_deadline = max_deadline
         self._enabled = enabled
         self._limiter = limiter or FailureLimiter()
-        self._wrapped = WrappedHandlers()
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
-        details: grpc.HandlerCallDetails,
-    ) -> Any:
-        handler = await continuation(details)
-        method = details.method
-        if handler is None or _is_open(method):
+    def wrap(self, handler: Any, method: str) -> Any:
+        if _is_open(method):
             return handler
-        return self._wrapped.get(method, handler, self._wrap, method)
-
-    def _wrap(self, handler: Any, method: str) -> Any:
         needs = METHOD_SCOPES.get(method, Scope.ADMIN)  # unknown: fail closed
         if handler.unary_unary is not None:
             return handler._replace(unary_unary=self._guard(handler.unary_unary, needs))

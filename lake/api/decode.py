@@ -12,13 +12,13 @@ the call the same way.
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
 import structlog
 
-from lake.api.wrapped import WrappedHandlers
+from lake.api.wrapped import Layer
 from lake.errors import UndecodableRequestError
 
 __all__ = ["DecodeGuard"]
@@ -27,32 +27,20 @@ log = structlog.get_logger(__name__)
 
 _UNDECODABLE = object()  # what a guarded deserializer returns for a bad body
 
-if TYPE_CHECKING:
-    _Interceptor = grpc.aio.ServerInterceptor[Any, Any]
-else:  # generic only in grpc-stubs, not at run time
-    _Interceptor = grpc.aio.ServerInterceptor
 
 Behavior = Callable[..., Any]
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-class DecodeGuard(_Interceptor):
+class DecodeGuard(Layer):
     """
     Answers INVALID_ARGUMENT, without the parser's text, to a body that does not decode.
     """
 
-    def __init__(self) -> None:
-        self._wrapped = WrappedHandlers()
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
-        details: grpc.HandlerCallDetails,
-    ) -> Any:
-        handler = await continuation(details)
-        if handler is None or handler.request_deserializer is None:
+    def wrap(self, handler: Any, method: str) -> Any:
+        if handler.request_deserializer is None:
             return handler
-        return self._wrapped.get(details.method, handler, _guard, details.method)
+        return _guard(handler, method)
 
 
 def _guard(handler: Any, method: str) -> Any:

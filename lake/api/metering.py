@@ -27,16 +27,14 @@ import grpc
 from google.protobuf.message import Message
 
 from lake.api.auth import current_principal
-from lake.api.wrapped import WrappedHandlers
+from lake.api.wrapped import Layer
 from lake.metering import OK, Meter, close_charge, open_charge
 
 __all__ = ["METERED", "Metered", "MeteringInterceptor"]
 
 if TYPE_CHECKING:
-    _Interceptor = grpc.aio.ServerInterceptor[Any, Any]
     _Context = grpc.aio.ServicerContext[Any, Any]
 else:  # generic only in grpc-stubs, not at run time
-    _Interceptor = grpc.aio.ServerInterceptor
     _Context = grpc.aio.ServicerContext
 
 Count = Callable[[Any], int]
@@ -128,28 +126,23 @@ class _Counted:
         self.items = 0
 
 
-class MeteringInterceptor(_Interceptor):
+class MeteringInterceptor(Layer):
     """
     Records every call of a ``METERED`` method into ``meter`` once, when it ends.
     """
 
     def __init__(self, meter: Meter, *, enabled: bool = True) -> None:
+        super().__init__()
         self._meter = meter
         self._enabled = enabled
-        self._wrapped = WrappedHandlers()
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
-        details: grpc.HandlerCallDetails,
-    ) -> Any:
-        handler = await continuation(details)
-        metered = METERED.get(details.method)
-        if handler is None or metered is None or not self._enabled:
+    def wrap(self, handler: Any, method: str) -> Any:
+        metered = METERED.get(method)
+        if metered is None or not self._enabled:
             return handler
-        return self._wrapped.get(details.method, handler, self._wrap, metered)
+        return self._metered(handler, metered)
 
-    def _wrap(self, handler: Any, metered: Metered) -> Any:
+    def _metered(self, handler: Any, metered: Metered) -> Any:
         decode = handler.request_deserializer or (lambda b: b)
         encode = handler.response_serializer or (lambda m: m)
         changes: dict[str, Any] = {

@@ -20,6 +20,7 @@ from lake.api.auth import current_tenant
 from lake.api.errors import pushback, status_of
 from lake.api.fields import request_field
 from lake.api.quota_status import quota_status
+from lake.api.rendered import Rendered
 from lake.errors import DeadlineExceededError, QuotaExceededError, ValidationError
 from lake.manager import ServiceManager
 from lake.models import Collection, Limits, Point, TextItem, VectorItem
@@ -95,6 +96,7 @@ class VectorsServicer(lake_pb2_grpc.VectorsServicer):
 
     def __init__(self, manager: ServiceManager) -> None:
         self._manager = manager
+        self._rendered = Rendered()  # wire messages of cached answers, built once
 
     @_serve
     async def CreateCollection(
@@ -147,7 +149,7 @@ class VectorsServicer(lake_pb2_grpc.VectorsServicer):
                 ef_search=request.ef_search or None,
             )
         )
-        return convert.matches_out(found)
+        return self._rendered(found, convert.matches_out)
 
     @_serve
     async def Delete(
@@ -186,7 +188,7 @@ class VectorsServicer(lake_pb2_grpc.VectorsServicer):
                 where=convert.from_struct(request.where),
             )
         )
-        return convert.matches_out(found)
+        return self._rendered(found, convert.matches_out)
 
 
 def _points(request: lake_pb2.WritePointsRequest, limits: Limits) -> list[Point]:
@@ -220,6 +222,7 @@ class TimeSeriesServicer(lake_pb2_grpc.TimeSeriesServicer):
         self, manager: ServiceManager, *, stream_idle_timeout: float = 10.0
     ) -> None:
         self._manager = manager
+        self._rendered = Rendered()  # wire messages of cached answers, built once
         self._idle = stream_idle_timeout
 
     def _op(self, tenant: str, request: lake_pb2.WritePointsRequest) -> WritePoints:
@@ -317,7 +320,7 @@ class TimeSeriesServicer(lake_pb2_grpc.TimeSeriesServicer):
                 cursor=request.cursor or None,
             )
         )
-        return convert.page_out(page)
+        return self._rendered(page, convert.page_out)
 
     @_serve
     async def Aggregate(
@@ -337,7 +340,7 @@ class TimeSeriesServicer(lake_pb2_grpc.TimeSeriesServicer):
                 dict(request.tags),
             )
         )
-        return convert.buckets_out(buckets)
+        return self._rendered(buckets, convert.buckets_out)
 
 
 class SpatialServicer(lake_pb2_grpc.SpatialServicer):
@@ -347,6 +350,7 @@ class SpatialServicer(lake_pb2_grpc.SpatialServicer):
 
     def __init__(self, manager: ServiceManager) -> None:
         self._manager = manager
+        self._rendered = Rendered()  # wire messages of cached answers, built once
 
     @_serve
     async def Upsert(
@@ -373,7 +377,7 @@ class SpatialServicer(lake_pb2_grpc.SpatialServicer):
                 limit=_default(request.limit, 100),
             )
         )
-        return convert.features_out(found)
+        return self._rendered(found, convert.features_out)
 
     @_serve
     async def Nearest(
@@ -382,7 +386,7 @@ class SpatialServicer(lake_pb2_grpc.SpatialServicer):
         found = await self._manager.coordinate(
             FeaturesNearest(tenant, request.lon, request.lat, k=_default(request.k, 10))
         )
-        return convert.features_out(found)
+        return self._rendered(found, convert.features_out)
 
     @_serve
     async def InBox(
@@ -398,7 +402,7 @@ class SpatialServicer(lake_pb2_grpc.SpatialServicer):
                 limit=_default(request.limit, 1000),
             )
         )
-        return convert.features_out(found)
+        return self._rendered(found, convert.features_out)
 
     @_serve
     async def InPolygon(
@@ -412,4 +416,4 @@ class SpatialServicer(lake_pb2_grpc.SpatialServicer):
         found = await self._manager.coordinate(
             FeaturesInPolygon(tenant, ring, limit=_default(request.limit, 1000))
         )
-        return convert.features_out(found)
+        return self._rendered(found, convert.features_out)

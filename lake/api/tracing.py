@@ -19,15 +19,14 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from opentelemetry.trace import SpanKind, Tracer
 
+from lake.api.wrapped import Layer
 from lake.tracing import extract_parent, failed
 
 __all__ = ["TracingInterceptor"]
 
 if TYPE_CHECKING:
-    _Interceptor = grpc.aio.ServerInterceptor[Any, Any]
     _Context = grpc.aio.ServicerContext[Any, Any]
 else:  # generic only in grpc-stubs, not at run time
-    _Interceptor = grpc.aio.ServerInterceptor
     _Context = grpc.aio.ServicerContext
 
 _UNTRACED = ("/grpc.health.v1.Health/", "/grpc.reflection.")
@@ -54,29 +53,20 @@ def _code(context: _Context, exc: BaseException) -> grpc.StatusCode:
     return grpc.StatusCode.UNKNOWN
 
 
-class TracingInterceptor(_Interceptor):
+class TracingInterceptor(Layer):
     """
     One SERVER span per call of a traced method, from ``tracer``.
     """
 
     def __init__(self, tracer: Tracer) -> None:
+        super().__init__()
         self._tracer = tracer
-        # Span name and attributes per method. Not the wrapped handler: the
-        # interceptors after this one hand a fresh handler on every call.
+        # Span name and attributes per method.
         self._methods: dict[str, tuple[str, dict[str, str]]] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
-        details: grpc.HandlerCallDetails,
-    ) -> Any:
-        handler = await continuation(details)
-        method: str = details.method
-        if handler is None or method.startswith(_UNTRACED):
+    def wrap(self, handler: Any, method: str) -> Any:
+        if method.startswith(_UNTRACED):
             return handler
-        return self._wrap(handler, method)
-
-    def _wrap(self, handler: Any, method: str) -> Any:
         if handler.unary_unary is not None:
             return handler._replace(
                 unary_unary=self._traced(handler.unary_unary, method)

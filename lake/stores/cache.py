@@ -26,14 +26,14 @@ import structlog
 from lake.codec import Codec, cache_key
 from lake.errors import CircuitOpenError, StoreUnavailableError
 from lake.lag import LoopLag
-from lake.ports import Cache, Database
+from lake.ports import MISS, Cache, Database
 from lake.protection import BreakerState, CircuitBreaker, Outcome, Protection
 from lake.tracing import child_span, end_span
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
 
-__all__ = ["CachedReads", "RedisCache", "RoutePolicy", "redis_connections"]
+__all__ = ["MISS", "CachedReads", "RedisCache", "RoutePolicy", "redis_connections"]
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
@@ -276,6 +276,27 @@ class RedisCache:
             self._breaker.record(ticket, outcome, time.perf_counter() - started)
             end_span(span, error)
 
+    def peek(self, key: str, version: str | None, route: str = "") -> object:
+        """
+        The entry of ``key`` this process holds at ``version``, answered without
+        waiting on anything; ``MISS`` when there is none (or no version, or the
+        route is served straight from its store: ``read_through`` decides).
+        """
+        if version is None:
+            return MISS
+        near = self._near.get(key)
+        if near is None or near[0] != version:
+            return MISS
+        policy = self.routes.get(route) if route else None
+        if policy is not None:
+            if not policy.pays():
+                return MISS
+            policy.calls += 1
+            policy.looked_up(0.0, hit=True)
+        self.hits += 1
+        self._near.move_to_end(key)
+        return near[1]
+
     async def read_through(
         self,
         key: str,
@@ -459,6 +480,19 @@ class CachedReads:
     def __init__(self, cache: Cache, database: Database) -> None:
         self._cache = cache
         self._database = database
+
+    def peek(self, tenant: str, scope: str, operation: object) -> object:
+        """
+        ``operation``'s answer when this process holds it at the version its lease
+        knows, without waiting on anything; ``MISS`` otherwise (then ``read``).
+        """
+        if not self._cache.available:
+            return MISS
+        leased = self._database.leased_version(tenant, scope)
+        if leased is None:
+            return MISS
+        key = cache_key(tenant, scope, operation)
+        return self._cache.peek(key, leased, type(operation).__name__)
 
     async def read(
         self,

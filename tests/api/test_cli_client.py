@@ -160,8 +160,13 @@ async def test_status_reports_usage_pool_cache_and_backlog(api):
         "breaker",
         "routes",
         "connections",
+        "versions",
     }
     assert set(status["cache"]["connections"]) == {"in_use", "available", "max"}
+    # Version reads and the lease (lake.stores.lease) are reported.
+    assert {"reads", "batches", "leased", "polls", "peers", "write_wait_ms"} <= set(
+        status["cache"]["versions"]
+    )
     assert status["pool"]["pending"] == 0
     assert status["events_pending"] == 1  # the stream peer is down in this fixture
     # Every dependency's protection: breaker state, retry budget, timeouts.

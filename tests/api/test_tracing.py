@@ -261,7 +261,7 @@ async def test_disabled_tracing_makes_no_span_and_sends_no_traceparent(
                     lake_pb2.SearchTextRequest(collection="notes", text="a", k=1),
                     metadata=(("authorization", "Bearer nobody"),),
                 )
-        interceptors = container.interceptors()
+        interceptors = container.layers()
     assert not any(isinstance(i, TracingInterceptor) for i in interceptors)
     assert container.tracer() is None
     # Only the peer's own spans (it traces on its side), never one of Lake's.

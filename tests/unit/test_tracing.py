@@ -79,7 +79,7 @@ def test_off_the_server_has_no_tracing_interceptor_and_nothing_is_built(settings
         providers.Callable(lambda: built.append("processor"))
     )
     assert container.tracer() is None
-    interceptors = container.interceptors()
+    interceptors = container.layers()
     assert len(interceptors) == 4
     assert not any(isinstance(i, TracingInterceptor) for i in interceptors)
     assert built == []
@@ -90,7 +90,7 @@ def test_on_the_tracing_interceptor_comes_first(settings):
     container = create_container(settings)
     memory = InMemorySpanExporter()
     container.span_processor.override(providers.Object(SimpleSpanProcessor(memory)))
-    interceptors = container.interceptors()
+    interceptors = container.layers()
     assert isinstance(interceptors[0], TracingInterceptor)
     assert len(interceptors) == 5
     assert container.tracer() is not None
