@@ -22,12 +22,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis.asyncio as aioredis
 import structlog
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import MaxConnectionsError
 
 from lake.codec import Codec, cache_key
 from lake.errors import CircuitOpenError, StoreUnavailableError
 from lake.lag import LoopLag
 from lake.ports import Cache, Database
 from lake.protection import BreakerState, CircuitBreaker, Outcome, Protection
+from lake.resources.redis import cluster_connections
 from lake.tracing import child_span, end_span
 
 if TYPE_CHECKING:
@@ -46,7 +49,10 @@ _NEAR_MAX_ENTRY = 64 * 1024
 
 
 def _pool_busy(exc: BaseException) -> bool:
-    # What redis-py's BlockingConnectionPool raises when its wait runs out.
+    # What redis-py's BlockingConnectionPool raises when its wait runs out, and a
+    # cluster node's pool when full (it does not wait).
+    if isinstance(exc, MaxConnectionsError):
+        return True
     return isinstance(
         exc, aioredis.ConnectionError
     ) and "No connection available" in str(exc)
@@ -58,6 +64,8 @@ def redis_connections(client: Any) -> dict[str, int]:
     most the pool opens. redis-py counts them in its pool's own collections (its
     8.x ``get_connection_count()`` builds telemetry attributes on every call).
     """
+    if isinstance(client, RedisCluster):  # a pool per node: their sums
+        return cluster_connections(client)
     pool = getattr(client, "connection_pool", None)
     in_use = getattr(pool, "_in_use_connections", ())
     available = getattr(pool, "_available_connections", ())
