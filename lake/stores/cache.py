@@ -30,7 +30,7 @@ from lake.errors import CircuitOpenError, StoreUnavailableError
 from lake.lag import LoopLag
 from lake.ports import Cache, Database
 from lake.protection import BreakerState, CircuitBreaker, Outcome, Protection
-from lake.resources.redis import cluster_connections
+from lake.resources.redis import RedisClient, cluster_connections
 from lake.tracing import child_span, end_span
 
 if TYPE_CHECKING:
@@ -161,7 +161,7 @@ class RedisCache:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: RedisClient,
         *,
         timeout: float = 0.1,
         ttl_s: int = 300,
