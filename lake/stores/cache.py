@@ -324,7 +324,8 @@ class RedisCache:
                 current = await version()
             if near[0] == current:
                 self.hits += 1
-                self._near.move_to_end(key)
+                if key in self._near:  # another reader may have dropped it
+                    self._near.move_to_end(key)
                 if policy is not None:
                     policy.looked_up(time.perf_counter() - started, hit=True)
                 return near[1]  # type: ignore[return-value]
