@@ -330,6 +330,7 @@ class RedisCache:
                     policy.looked_up(time.perf_counter() - started, hit=True)
                 return near[1]  # type: ignore[return-value]
             self._near.pop(key, None)  # an older version: never served again
+        failures = self.errors + self.busy
         if current is not None:  # known already: Redis may hold a newer entry
             cached = await self.get(key)
         else:
@@ -355,7 +356,10 @@ class RedisCache:
                     policy.looked_up(looked, hit=True)
                 return value
         self.misses += 1
-        if policy is not None:
+        # A lookup that failed (Redis away, timing out) says whether Redis is up,
+        # which its breaker judges, not whether caching pays: counted, the
+        # timeouts of a failover kept the route off the cache long after.
+        if policy is not None and self.errors + self.busy == failures:
             policy.looked_up(looked, hit=False)
         flight = f"{key}@{current}"
         while (leader := self._inflight.get(flight)) is not None:
