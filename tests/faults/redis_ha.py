@@ -67,6 +67,7 @@ class Node:
     sentinel: bool = False
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    _client: redis.Redis | None = field(default=None, repr=False)
 
     def start(self) -> Node:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -94,14 +95,17 @@ class Node:
             return False
 
     def client(self) -> redis.Redis:
-        password = SENTINEL_PASSWORD if self.sentinel else PASSWORD
-        return redis.Redis(
-            "127.0.0.1",
-            self.port,
-            password=password,
-            socket_timeout=2,
-            decode_responses=True,
-        )
+        """One client per node, kept (closed by ``stop``): a client per call
+        would leave its socket for the garbage collector to warn about."""
+        if self._client is None:
+            self._client = redis.Redis(
+                "127.0.0.1",
+                self.port,
+                password=SENTINEL_PASSWORD if self.sentinel else PASSWORD,
+                socket_timeout=2,
+                decode_responses=True,
+            )
+        return self._client
 
     @property
     def address(self) -> str:
@@ -114,6 +118,9 @@ class Node:
         self.proc.wait(10)
 
     def stop(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)

@@ -370,12 +370,14 @@ def tls_ha(tmp_path_factory) -> Iterator[TlsHa]:
             ssl_keyfile=str(client.key),
             decode_responses=True,
         )
-        admin.execute_command("CLUSTER ADDSLOTS", *range(16384))
-        deadline = time.monotonic() + 30
-        while admin.execute_command("CLUSTER INFO")["cluster_state"] != "ok":
-            assert time.monotonic() < deadline, "the TLS cluster never got ready"
-            time.sleep(0.05)
-        admin.close()
+        try:
+            admin.execute_command("CLUSTER ADDSLOTS", *range(16384))
+            deadline = time.monotonic() + 30
+            while admin.execute_command("CLUSTER INFO")["cluster_state"] != "ok":
+                assert time.monotonic() < deadline, "the TLS cluster never got ready"
+                time.sleep(0.05)
+        finally:
+            admin.close()
         yield TlsHa(pki, sentinel, cluster)
     finally:
         for proc in procs:
