@@ -21,6 +21,8 @@ from dynaconf import Dynaconf, ValidationError, Validator
 from lake.errors import ConfigError
 from lake.quotas.policy import QUOTA_NAMES
 from lake.schema import (
+    REDIS_DEFAULT_PORTS,
+    REDIS_MODES,
     Schema,
     check_addresses,
     check_environ,
@@ -28,6 +30,7 @@ from lake.schema import (
     check_tree,
     env_var,
     not_settings,
+    split_nodes,
 )
 from lake.secretfiles import load_secret_files, secret_file_keys
 
@@ -126,6 +129,8 @@ def _validators(profile: str) -> list[Validator]:
     positive = {"gt": 0}
     checks = [
         *_each("postgres.dsn", "redis.url", "grpc.address", is_type_of=str),
+        *_each("redis.mode", is_in=list(REDIS_MODES)),
+        *_each("redis.sentinel_master", "redis.sentinel_password", is_type_of=str),
         *_each("postgres.min_size", is_type_of=int, gte=0),
         *_each("postgres.max_size", is_type_of=int, gte=1),
         *_each(
@@ -390,6 +395,7 @@ def load_settings(
     _check_pool_sizes(values, profile)
     _check_tls(values, profile)
     check_addresses(values, profile)
+    _check_redis(values["redis"], profile)
     _check_tokens(values["auth"]["tokens"], profile)
     return values
 
@@ -483,6 +489,54 @@ def _check_tls(values: Mapping[str, Any], profile: str) -> None:
     _check_grpc_plaintext(values["grpc"]["tls"], profile)
 
 
+def _redis_problem(redis: Mapping[str, Any]) -> tuple[str, str] | None:
+    """
+    What is wrong with the Redis settings of their mode, as (key, problem); the
+    url's shape and ports were checked already (``check_addresses``).
+    """
+    mode, url = redis["mode"], redis["url"]
+    if mode != "sentinel":
+        for key in ("sentinel_master", "sentinel_password"):
+            if redis[key]:
+                return key, f"is read in sentinel mode only (redis.mode is {mode})"
+    if mode == "standalone":
+        if "," in urlsplit(url).netloc.rpartition("@")[2]:
+            return "url", "lists several hosts: set redis.mode to sentinel or cluster"
+        return None
+    if not url:
+        listed = "sentinels" if mode == "sentinel" else "seed nodes"
+        return "url", f"must list the {listed}"
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return "url", f"a unix socket cannot be used in {mode} mode"
+    if parts.query:
+        return "url", f"takes no ?options in {mode} mode (use the redis.* settings)"
+    db = parts.path.strip("/")
+    if not db.isdigit() and db:
+        return "url", "the path must be a database number (/0)"
+    if mode == "cluster" and db not in ("", "0"):
+        return "url", "a Redis Cluster has database 0 only"
+    try:
+        split_nodes(url, REDIS_DEFAULT_PORTS[mode])
+    except ValueError as exc:
+        return "url", str(exc)
+    if mode == "sentinel" and not redis["sentinel_master"]:
+        return "sentinel_master", "must name the master the sentinels monitor"
+    return None
+
+
+def _check_redis(redis: Mapping[str, Any], profile: str) -> None:
+    """
+    The keys of ``redis.mode``: one host in standalone, the sentinels and the
+    master's name in sentinel mode, seed nodes in cluster mode.
+    """
+    problem = _redis_problem(redis)
+    if problem is not None:
+        key, what = f"redis.{problem[0]}", problem[1]
+        msg = f"invalid setting {key} in profile {profile!r} ({env_var(key)}): {what}"
+        raise ConfigError(msg)
+
+
 def _check_grpc_plaintext(tls: Mapping[str, Any], profile: str) -> None:
     if profile == "production" and not tls["cert_file"] and not tls["behind_proxy"]:
         msg = (
@@ -513,6 +567,7 @@ def secret_values(values: Mapping[str, Any]) -> list[str]:
     found = [
         values["postgres"]["password"],
         values["redis"]["password"],
+        values["redis"].get("sentinel_password", ""),
         values["timeseries"]["cursor_key"],
     ]
     for url in (values["postgres"]["dsn"], values["redis"]["url"]):

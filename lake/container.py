@@ -268,7 +268,10 @@ class Container(containers.DeclarativeContainer):
     redis = providers.Resource(
         open_redis,
         url=config.redis.url,
+        mode=config.redis.mode,
         password=config.redis.password,
+        sentinel_master=config.redis.sentinel_master,
+        sentinel_password=config.redis.sentinel_password,
         socket_timeout=config.redis.socket_timeout,
         socket_connect_timeout=config.redis.socket_connect_timeout,
         retries=config.redis.retries,

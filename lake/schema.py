@@ -25,6 +25,8 @@ from urllib.parse import urlsplit
 from lake.errors import ConfigError
 
 __all__ = [
+    "REDIS_DEFAULT_PORTS",
+    "REDIS_MODES",
     "Schema",
     "check_addresses",
     "check_environ",
@@ -34,6 +36,7 @@ __all__ = [
     "listen_problem",
     "not_settings",
     "split_host_port",
+    "split_nodes",
 ]
 
 # Settings whose value is a map with names the operator chooses (peer names, token
@@ -44,6 +47,9 @@ MAP_KEYS = frozenset({"mesh.peers", "auth.tokens"})
 # harnesses' server addresses.
 NOT_SETTINGS = frozenset({"LAKE_ENV", "LAKE_SETTINGS_FILES", "LAKE_TOKEN"})
 NOT_SETTINGS_PREFIXES = ("LAKE_TEST_", "LAKE_BENCH_")
+# redis.mode, and the port of a host its url lists without one.
+REDIS_MODES = ("standalone", "sentinel", "cluster")
+REDIS_DEFAULT_PORTS = {"sentinel": 26379, "cluster": 6379}
 _PROFILE_TABLES = ("default", "global", "development", "testing", "production")
 
 
@@ -246,6 +252,24 @@ def split_host_port(text: str, *, port_zero: bool = True) -> tuple[str, int]:
         msg = f"{text!r}: port {port!r} is not a number from {low} to 65535"
         raise ValueError(msg)
     return host, int(port)
+
+
+def split_nodes(url: str, default_port: int) -> list[tuple[str, int]]:
+    """
+    The ``host:port`` list of a multi-host URL (``redis://u:p@h1:1,h2,[::1]:3/0``),
+    ``default_port`` where a host names none.
+
+    Raises:
+        ValueError: a host that is empty or a port out of range, in words.
+    """
+    netloc = urlsplit(url).netloc.rpartition("@")[2]
+    nodes = []
+    for entry in netloc.split(","):
+        bare = entry.rpartition("]")[2] if entry.startswith("[") else entry
+        text = entry if ":" in bare else f"{entry}:{default_port}"
+        host, port = split_host_port(text, port_zero=False)
+        nodes.append((host, port))
+    return nodes
 
 
 def _resolvable(host: str, port: int) -> None:

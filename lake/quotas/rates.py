@@ -1,7 +1,7 @@
 """
 RateQuotas: calls per second per tenant and operation class, one budget shared by
 every instance through Redis (the ``limits`` library over Lake's own redis-py
-connection pool).
+client, standalone, sentinel or cluster: ``quota_storage``).
 
 - Unlimited (0, the default) costs two dict lookups: no Redis round trip.
 - A limited call costs at most one ``hit()`` (one Lua script call): never
@@ -37,17 +37,27 @@ import redis.asyncio as aioredis
 import structlog
 from limits import RateLimitItem, RateLimitItemPerSecond
 from limits.aio.storage import RedisStorage
+from limits.aio.storage.redis.redispy import RedispyBridge
 from limits.aio.strategies import (
     MovingWindowRateLimiter,
     RateLimiter,
     SlidingWindowCounterRateLimiter,
 )
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import MaxConnectionsError
 
 from lake.errors import LakeError, QuotaExceededError
 from lake.quotas.local import LocalBuckets
 from lake.quotas.policy import QuotaBook
 
-__all__ = ["STRATEGIES", "QuotaSource", "RateQuotas"]
+__all__ = [
+    "QUOTA_PREFIX",
+    "STRATEGIES",
+    "ClusterClientStorage",
+    "QuotaSource",
+    "RateQuotas",
+    "quota_storage",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -57,6 +67,7 @@ STRATEGIES: Mapping[str, type[RateLimiter]] = {
 }
 _REDIS_FAILURES = (aioredis.RedisError, OSError, TimeoutError)
 LOCAL = "quotas local"
+QUOTA_PREFIX = "lake:quota"
 
 
 class QuotaSource(Protocol):
@@ -76,10 +87,63 @@ class QuotaSource(Protocol):
 
 
 def _pool_busy(exc: BaseException) -> bool:
-    # redis-py's BlockingConnectionPool after pool_wait: Lake busy, Redis fine.
+    # redis-py's BlockingConnectionPool after pool_wait, or a cluster node's full
+    # pool (which does not wait): Lake busy, Redis fine.
+    if isinstance(exc, MaxConnectionsError):
+        return True
     return isinstance(
         exc, aioredis.ConnectionError
     ) and "No connection available" in str(exc)
+
+
+class ClusterClientStorage(RedisStorage):
+    """
+    limits' Redis storage over Lake's own ``RedisCluster`` client.
+
+    limits' ``RedisClusterStorage`` builds a cluster client of its own from a url,
+    with connections, timeouts and retries of its own; standalone and sentinel
+    clients are shared through ``connection_pool``, which a cluster client has
+    none of. ``configure_bridge`` is limits' hook for a storage's client (its
+    cluster and sentinel storages override it): this one hands over Lake's.
+    """
+
+    def __init__(self, client: RedisCluster, *, key_prefix: str) -> None:
+        self._client = client
+        super().__init__(
+            "async+redis://", implementation="redispy", key_prefix=key_prefix
+        )
+
+    def configure_bridge(self) -> None:
+        """
+        Point limits' redis-py bridge at Lake's cluster client.
+        """
+        bridge = self.bridge
+        if not isinstance(bridge, RedispyBridge):  # pragma: no cover -- redispy asked
+            msg = "limits did not build its redis-py bridge"
+            raise TypeError(msg)
+        bridge.storage = self._client
+        # limits' client Protocol is the standalone Redis's; its own cluster
+        # storage keeps a RedisCluster here just the same.
+        bridge.connection_getter = lambda _: self._client  # type: ignore[assignment,return-value]
+
+
+def quota_storage(redis: aioredis.Redis | RedisCluster) -> RedisStorage:
+    """
+    limits' storage over Lake's Redis client, whatever its mode: the quota scripts
+    use Lake's connections, timeouts and single try. Keys start with ``lake:quota``;
+    the sliding window's two keys share a hash tag (limits wraps the limiter key in
+    ``{}``), so its script runs in one slot of a cluster.
+    """
+    if isinstance(redis, RedisCluster):
+        return ClusterClientStorage(redis, key_prefix=QUOTA_PREFIX)
+    return RedisStorage(
+        "async+redis://",
+        implementation="redispy",
+        # limits types its options as scalars; redis-py takes the pool (the
+        # Sentinel-managed one in sentinel mode, which follows a failover).
+        connection_pool=redis.connection_pool,  # type: ignore[arg-type]
+        key_prefix=QUOTA_PREFIX,
+    )
 
 
 class RateQuotas:
@@ -88,7 +152,8 @@ class RateQuotas:
 
     Args:
         book: the quotas in force (its overrides refreshed from ``store``).
-        redis: Lake's Redis client; its pool carries the quota scripts too.
+        redis: Lake's Redis client (standalone, sentinel master or cluster); its
+            connections carry the quota scripts too.
         store: the overrides; None keeps the settings' defaults alone.
         strategy: ``sliding-window-counter`` (two counters per key, O(1) for any
             lease) or ``moving-window`` (one Redis list entry per call counted:
@@ -104,7 +169,7 @@ class RateQuotas:
     def __init__(
         self,
         book: QuotaBook,
-        redis: aioredis.Redis | None,
+        redis: aioredis.Redis | RedisCluster | None,
         store: QuotaSource | None = None,
         *,
         strategy: str = "sliding-window-counter",
@@ -127,14 +192,7 @@ class RateQuotas:
         self._clock = clock
         self._remote: RateLimiter | None = limiter
         if redis is not None and limiter is None:
-            storage = RedisStorage(
-                "async+redis://",
-                implementation="redispy",
-                # limits types its options as scalars; redis-py takes the pool.
-                connection_pool=redis.connection_pool,  # type: ignore[arg-type]
-                key_prefix="lake:quota",
-            )
-            self._remote = STRATEGIES[strategy](storage)
+            self._remote = STRATEGIES[strategy](quota_storage(redis))
         self._local = LocalBuckets(clock=clock)
         self._items: dict[float, RateLimitItem] = {}
         self._denied: dict[tuple[str, str], float] = {}

@@ -22,12 +22,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis.asyncio as aioredis
 import structlog
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import MaxConnectionsError
 
 from lake.codec import Codec, cache_key
 from lake.errors import CircuitOpenError, StoreUnavailableError
 from lake.lag import LoopLag
 from lake.ports import MISS, Cache, Database
 from lake.protection import BreakerState, CircuitBreaker, Outcome, Protection
+from lake.resources.redis import RedisClient, cluster_connections
 from lake.tracing import child_span, end_span
 
 if TYPE_CHECKING:
@@ -46,7 +49,10 @@ _NEAR_MAX_ENTRY = 64 * 1024
 
 
 def _pool_busy(exc: BaseException) -> bool:
-    # What redis-py's BlockingConnectionPool raises when its wait runs out.
+    # What redis-py's BlockingConnectionPool raises when its wait runs out, and a
+    # cluster node's pool when full (it does not wait).
+    if isinstance(exc, MaxConnectionsError):
+        return True
     return isinstance(
         exc, aioredis.ConnectionError
     ) and "No connection available" in str(exc)
@@ -58,6 +64,8 @@ def redis_connections(client: Any) -> dict[str, int]:
     most the pool opens. redis-py counts them in its pool's own collections (its
     8.x ``get_connection_count()`` builds telemetry attributes on every call).
     """
+    if isinstance(client, RedisCluster):  # a pool per node: their sums
+        return cluster_connections(client)
     pool = getattr(client, "connection_pool", None)
     in_use = getattr(pool, "_in_use_connections", ())
     available = getattr(pool, "_available_connections", ())
@@ -153,7 +161,7 @@ class RedisCache:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: RedisClient,
         *,
         timeout: float = 0.1,
         ttl_s: int = 300,
@@ -337,11 +345,13 @@ class RedisCache:
                 current = await version()
             if near[0] == current:
                 self.hits += 1
-                self._near.move_to_end(key)
+                if key in self._near:  # another reader may have dropped it
+                    self._near.move_to_end(key)
                 if policy is not None:
                     policy.looked_up(time.perf_counter() - started, hit=True)
                 return near[1]  # type: ignore[return-value]
             self._near.pop(key, None)  # an older version: never served again
+        failures = self.errors + self.busy
         if current is not None:  # known already: Redis may hold a newer entry
             cached = await self.get(key)
         else:
@@ -367,7 +377,10 @@ class RedisCache:
                     policy.looked_up(looked, hit=True)
                 return value
         self.misses += 1
-        if policy is not None:
+        # A lookup that failed (Redis away, timing out) says whether Redis is up,
+        # which its breaker judges, not whether caching pays: counted, the
+        # timeouts of a failover kept the route off the cache long after.
+        if policy is not None and self.errors + self.busy == failures:
             policy.looked_up(looked, hit=False)
         flight = f"{key}@{current}"
         while (leader := self._inflight.get(flight)) is not None:

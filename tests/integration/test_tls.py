@@ -17,6 +17,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+import redis
 import redis.asyncio as aioredis
 import trustme
 
@@ -304,3 +305,123 @@ async def test_rediss_checks_the_host_name_and_the_client_certificate(tls_redis)
     assert await ping(url, ca, client) is True
     assert await ping(f"rediss://localhost:{tls_redis.port}/0", ca, client) is False
     assert await ping(url, ca) is False
+
+
+def start_tls_redis(
+    directory: Path, pki: tuple[Path, Path, Pem, Pem], extra: str, *, sentinel: bool
+) -> tuple[int, subprocess.Popen[bytes]]:
+    """A TLS-only redis-server (or sentinel) on a free port; its certificate is
+    also its client certificate towards the servers it talks to."""
+    ca, _, server, _ = pki
+    port = free_port()
+    directory.mkdir(parents=True, exist_ok=True)
+    conf = directory / "redis.conf"  # a sentinel rewrites its own
+    conf.write_text(
+        f"port 0\ntls-port {port}\nbind 127.0.0.1\ndir {directory}\n"
+        f"tls-cert-file {server.cert}\ntls-key-file {server.key}\n"
+        f"tls-ca-cert-file {ca}\ntls-auth-clients yes\ntls-replication yes\n"
+        f'save ""\nappendonly no\n{extra}'
+    )
+    command = [tls_redis_server(), str(conf), *(["--sentinel"] if sentinel else [])]
+    proc = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    wait_listening(port, proc)
+    return port, proc
+
+
+@dataclass(frozen=True)
+class TlsHa:
+    """A TLS master watched by a TLS sentinel, and a one-node TLS cluster."""
+
+    pki: tuple[Path, Path, Pem, Pem]
+    sentinel_port: int
+    cluster_port: int
+
+
+@pytest.fixture(scope="module")
+def tls_ha(tmp_path_factory) -> Iterator[TlsHa]:
+    directory = tmp_path_factory.mktemp("tls-ha")
+    pki = make_pki(directory)
+    procs = []
+    try:
+        master, proc = start_tls_redis(directory / "master", pki, "", sentinel=False)
+        procs.append(proc)
+        watch = f"sentinel monitor lake 127.0.0.1 {master} 1\n"
+        sentinel, proc = start_tls_redis(
+            directory / "sentinel", pki, watch, sentinel=True
+        )
+        procs.append(proc)
+        node = (
+            "cluster-enabled yes\ntls-cluster yes\n"
+            f"cluster-port {free_port()}\ncluster-config-file nodes.conf\n"
+        )
+        cluster, proc = start_tls_redis(
+            directory / "cluster", pki, node, sentinel=False
+        )
+        procs.append(proc)
+        ca, _, _, client = pki
+        admin = redis.Redis(
+            host="127.0.0.1",
+            port=cluster,
+            ssl=True,
+            ssl_ca_certs=str(ca),
+            ssl_certfile=str(client.cert),
+            ssl_keyfile=str(client.key),
+            decode_responses=True,
+        )
+        try:
+            admin.execute_command("CLUSTER ADDSLOTS", *range(16384))
+            deadline = time.monotonic() + 30
+            while admin.execute_command("CLUSTER INFO")["cluster_state"] != "ok":
+                assert time.monotonic() < deadline, "the TLS cluster never got ready"
+                time.sleep(0.05)
+        finally:
+            admin.close()
+        yield TlsHa(pki, sentinel, cluster)
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(10)
+
+
+async def round_trip(
+    ha: TlsHa, url: str, *, ca: Path, mode: str, sentinel_master: str = ""
+) -> bool:
+    """Whether a Lake client over ``url`` (TLS, trusting ``ca``, presenting the
+    client certificate) can SET and GET."""
+    _, _, _, client = ha.pki
+    async with open_redis(
+        url=url,
+        socket_timeout=2.0,
+        socket_connect_timeout=2.0,
+        ssl_ca_file=str(ca),
+        ssl_cert_file=str(client.cert),
+        ssl_key_file=str(client.key),
+        mode=mode,
+        sentinel_master=sentinel_master,
+    ) as redis_client:
+        try:
+            await redis_client.set("k", b"v")
+            return await redis_client.get("k") == b"v"
+        except (aioredis.RedisError, OSError):
+            return False
+
+
+async def test_rediss_reaches_the_sentinels_and_their_master_over_tls(tls_ha):
+    """Sentinel mode over rediss://: the sentinel and the master it names are
+    both reached over verified TLS; with another CA, neither is."""
+    url = f"rediss://127.0.0.1:{tls_ha.sentinel_port}/0"
+    ca, foreign, _, _ = tls_ha.pki
+    named = {"mode": "sentinel", "sentinel_master": "lake"}
+    assert await round_trip(tls_ha, url, ca=ca, **named)
+    assert not await round_trip(tls_ha, url, ca=foreign, **named)
+
+
+async def test_rediss_reaches_a_cluster_over_tls(tls_ha):
+    """Cluster mode over rediss://: the seed node and the slot map's nodes are
+    reached over verified TLS; with another CA, the cluster is not."""
+    url = f"rediss://127.0.0.1:{tls_ha.cluster_port}"
+    ca, foreign, _, _ = tls_ha.pki
+    assert await round_trip(tls_ha, url, ca=ca, mode="cluster")
+    assert not await round_trip(tls_ha, url, ca=foreign, mode="cluster")
