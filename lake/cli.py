@@ -221,7 +221,8 @@ def _worker_settings(
     settings: dict[str, Any], index: int, count: int, board: str
 ) -> dict[str, Any]:
     """
-    One worker's settings: its place among the workers and its share of the pool.
+    One worker's settings: its place among the workers and its share of the pools
+    (the primary's and each replica's).
     """
     pg = settings["postgres"]
     max_size = max(2, pg["max_size"] // count)
@@ -232,6 +233,7 @@ def _worker_settings(
             **pg,
             "max_size": max_size,
             "min_size": min(pg["min_size"], max_size),
+            "replica_max_size": max(1, pg["replica_max_size"] // count),
         },
     }
 

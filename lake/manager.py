@@ -305,6 +305,19 @@ class ServiceManager:
         ]
         if c.quotas is not None:  # "quotas local": Redis lost, counted per instance
             checks.append(Check("quotas", c.quotas.ping, critical=False))
+        if c.replicas is not None:
+            # A replica out of rotation degrades Lake: its reads go to the primary.
+            # Its latency column is its measured lag.
+            checks += [
+                Check(
+                    f"postgres.replica.{name}",
+                    partial(c.replicas.ping, name),
+                    critical=False,
+                    failure=Status.DEGRADED,
+                    measure=partial(c.replicas.lag_ms, name),
+                )
+                for name in c.replicas.names
+            ]
         # A missing peer degrades Lake: only the operations that need it fail.
         checks += [
             Check(
@@ -533,6 +546,7 @@ class ServiceManager:
             cache=c.cache.stats(),
             events_pending=pending,
             protection=self._protection.snapshot(),
+            replicas=None if c.replicas is None else c.replicas.stats(),
         )
 
 

@@ -37,6 +37,7 @@ __all__ = [
     "Quotas",
     "Reads",
     "Relay",
+    "Replicas",
     "ResourceSet",
     "SpatialStore",
     "TimeSeriesStore",
@@ -301,6 +302,34 @@ class Mesh(Protocol):
         """
 
 
+class Replicas(Protocol):
+    """
+    The read replicas (``postgres.replica_dsns``), as health and status see them.
+    """
+
+    @property
+    def names(self) -> list[str]:
+        """
+        The replicas' names (``1``, ``2``...), in the settings' order.
+        """
+
+    async def ping(self, name: str) -> str | None:
+        """
+        One replica's state as of its last check: raise while it is down, a
+        reason while out of rotation.
+        """
+
+    def lag_ms(self, name: str) -> float:
+        """
+        One replica's measured lag behind the primary (0 while unknown).
+        """
+
+    def stats(self) -> dict[str, Any]:
+        """
+        Where reads went, and each replica's state, lag and counts.
+        """
+
+
 class Relay(Protocol):
     """
     Delivers outbox events to the stream peer.
@@ -360,6 +389,7 @@ class Components:
     migrator: Migrator
     relay: Relay
     quotas: Quotas | None = None
+    replicas: Replicas | None = None
 
 
 class ResourceSet(Protocol):

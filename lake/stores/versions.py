@@ -32,6 +32,7 @@ from typing import Any
 import structlog
 
 from lake.errors import StoreUnavailableError
+from lake.stores.fences import FenceBook
 
 __all__ = ["VersionReader", "open_version_reader"]
 
@@ -44,6 +45,14 @@ _BATCH = (
     " FROM unnest($1::text[], $2::text[]) AS k(t, s)"
     " LEFT JOIN cache_generations g ON g.tenant_id = k.t AND g.scope = k.s"
 )
+# With read replicas: the primary's WAL insert position too, read once in the same
+# statement (after its snapshot was taken), for the replicas' fences.
+_FENCED = (
+    "SELECT k.t, k.s, coalesce(g.gen, 0),"
+    " (SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint)"
+    " FROM unnest($1::text[], $2::text[]) AS k(t, s)"
+    " LEFT JOIN cache_generations g ON g.tenant_id = k.t AND g.scope = k.s"
+)
 
 
 class VersionReader:
@@ -53,6 +62,8 @@ class VersionReader:
     Args:
         connect: opens a new connection (the pool's DSN and settings).
         retry_after: seconds to wait before opening a failed connection again.
+        fences: with read replicas, the book each batch's generations and WAL
+            position go to (``stores.fences``).
     """
 
     def __init__(
@@ -61,8 +72,10 @@ class VersionReader:
         *,
         retry_after: float = 1.0,
         timeout: float = 1.0,
+        fences: FenceBook | None = None,
     ) -> None:
         self._connect = connect
+        self._fences = fences
         self._retry_after = retry_after
         self._timeout = timeout
         self._conn: Any = None
@@ -129,12 +142,19 @@ class VersionReader:
             conn = await self._connection()
             # A silent network would otherwise hold this batch, and every cached
             # read behind it, until TCP gives up minutes later.
+            book = self._fences
+            batch = 0 if book is None else book.begin_batch()
             async with asyncio.timeout(self._timeout):
                 rows = await conn.fetch(
-                    _BATCH, [t for t, _ in keys], [s for _, s in keys]
+                    _BATCH if book is None else _FENCED,
+                    [t for t, _ in keys],
+                    [s for _, s in keys],
                 )
         self.batches += 1
-        return {(r[0], r[1]): int(r[2]) for r in rows}
+        found = {(r[0], r[1]): int(r[2]) for r in rows}
+        if book is not None and rows:
+            book.record(batch, int(rows[0][3]), found)
+        return found
 
     async def _connection(self) -> Any:
         if self._conn is None or self._conn.is_closed():
@@ -212,11 +232,14 @@ def _closed() -> StoreUnavailableError:
 @asynccontextmanager
 async def open_version_reader(
     connect: Callable[[], Awaitable[Any]],
+    *,
+    fences: FenceBook | None = None,
 ) -> AsyncIterator[VersionReader]:
     """
-    A version reader whose connection opens on first use and closes on exit.
+    A version reader whose connection opens on first use and closes on exit; with
+    ``fences``, its batches also feed the replicas' fences.
     """
-    reader = VersionReader(connect)
+    reader = VersionReader(connect, fences=fences)
     try:
         yield reader
     finally:
