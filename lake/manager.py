@@ -494,8 +494,10 @@ class ServiceManager:
         load: Callable[[], Awaitable[object]] = partial(route.handler, c, op)
         if self._protection.adaptive and type(op) in self._adaptive:
             load = partial(self._timed, load, type(op).__name__)
-        if route.scope is None or route.codec is None:
+        if route.scope is None:
             return await load()
+        if route.codec is None:  # a read the cache does not keep (SearchText)
+            return await c.reads.uncached(op.tenant, route.scope(op), load)
         return await c.reads.read(op.tenant, route.scope(op), op, load, route.codec)
 
     async def maintain(self) -> MaintenanceReport:

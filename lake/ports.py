@@ -134,6 +134,14 @@ class Reads(Protocol):
         or from ``load()``.
         """
 
+    async def uncached(
+        self, tenant: str, scope: str, load: Callable[[], Awaitable[T]]
+    ) -> T:
+        """
+        ``load()``'s answer, never cached (SearchText: it hangs on a peer's
+        embedding), loaded where it sees every write to ``scope`` (a replica).
+        """
+
 
 class VectorStore(Pingable, Protocol):
     """

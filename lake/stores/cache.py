@@ -483,3 +483,11 @@ class CachedReads:
             codec.decode,
             route=type(operation).__name__,
         )
+
+    async def uncached(
+        self, tenant: str, scope: str, load: Callable[[], Awaitable[T]]
+    ) -> T:
+        """
+        ``load()`` itself: a read the cache does not keep.
+        """
+        return await load()

@@ -521,6 +521,15 @@ class RoutedReads:
         routed = partial(self._load, tenant, scope, self._fences.mark(), load)
         return await self._reads.read(tenant, scope, operation, routed, codec)
 
+    async def uncached(
+        self, tenant: str, scope: str, load: Callable[[], Awaitable[T]]
+    ) -> T:
+        """
+        ``load()``'s answer, loaded where it sees every write acknowledged before
+        this call (not cached).
+        """
+        return await self._load(tenant, scope, self._fences.mark(), load)
+
     async def _load(
         self, tenant: str, scope: str, mark: int, load: Callable[[], Awaitable[T]]
     ) -> T:
