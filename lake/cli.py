@@ -344,9 +344,11 @@ def _report_dict(reply: HealthReport) -> dict[str, Any]:
 def _print_report(target: str, reply: HealthReport) -> None:
     readiness = "ready" if reply.ready else "NOT READY"
     click.echo(f"lake at {target}: {reply.status} ({readiness}, {reply.state})")
+    # As wide as the longest name (postgres.replica.1, mesh.<peer>), at least 12.
+    width = max([12, *(len(c.name) for c in reply.components)])
     for c in reply.components:
         reason = f"  {c.reason}" if c.reason else ""
-        click.echo(f"  {c.name:<12} {c.status:<9}{c.latency_ms:8.1f} ms{reason}")
+        click.echo(f"  {c.name:<{width}} {c.status:<9}{c.latency_ms:8.1f} ms{reason}")
 
 
 @main.command()
