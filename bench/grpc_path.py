@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -79,7 +79,25 @@ def process(args: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen[b
             proc.kill()
 
 
-def lake_env(pg: Endpoint, redis: Endpoint, port: int) -> dict[str, str]:
+def tenant_token(tenant: str) -> str:
+    """
+    The throwaway token ``lake_env(..., tenants=...)`` grants ``tenant``.
+    """
+    return f"bench-token-{tenant}"
+
+
+def lake_env(
+    pg: Endpoint, redis: Endpoint, port: int, *, tenants: Sequence[str] = ()
+) -> dict[str, str]:
+    """
+    A ``lake serve`` of the testing profile on ``port``, with the bench token
+    (tenant ``bench``), the admin token and one token per ``tenants``.
+    """
+    tokens = [
+        f'"{hash_token(TOKEN)}" = "bench"',
+        f'"{hash_token(ADMIN)}" = {{ tenant = "ops", scope = "admin" }}',
+        *(f'"{hash_token(tenant_token(t))}" = "{t}"' for t in tenants),
+    ]
     env = dict(os.environ)
     env.update(
         LAKE_ENV="testing",
@@ -88,10 +106,7 @@ def lake_env(pg: Endpoint, redis: Endpoint, port: int) -> dict[str, str]:
         LAKE_POSTGRES__PASSWORD=pg.password,
         LAKE_REDIS__URL=redis.url,
         LAKE_REDIS__PASSWORD=redis.password,
-        LAKE_AUTH__TOKENS=(
-            f'{{ "{hash_token(TOKEN)}" = "bench",'
-            f' "{hash_token(ADMIN)}" = {{ tenant = "ops", scope = "admin" }} }}'
-        ),
+        LAKE_AUTH__TOKENS="{ " + ", ".join(tokens) + " }",
         LAKE_LOGGING__LEVEL="WARNING",
     )
     return env
@@ -259,6 +274,14 @@ async def nearest_counts(target: str) -> tuple[int, int]:
     """
     FeaturesNearest calls and failures so far, from lake status (all workers).
     """
+    calls, failures = await nearest_figures(target)
+    return calls, sum(failures.values())
+
+
+async def nearest_figures(target: str) -> tuple[int, dict[str, int]]:
+    """
+    FeaturesNearest calls so far and failures by kind (``cancelled``, ...).
+    """
     async with grpc.aio.insecure_channel(target) as channel:
         stub = health_pb2_lake.LakeHealthStub(channel)
         reply = await stub.GetStatus(
@@ -268,7 +291,7 @@ async def nearest_counts(target: str) -> tuple[int, int]:
         )
     ops = json_format.MessageToDict(reply.status).get("operations", {})
     nearest = ops.get("FeaturesNearest", {})
-    failures = sum(int(v) for v in nearest.get("failures", {}).values())
+    failures = {k: int(v) for k, v in nearest.get("failures", {}).items()}
     return int(nearest.get("calls", 0)), failures
 
 
@@ -277,10 +300,30 @@ def h2load(target: str, body: Path, n: int, connections: int, streams: int) -> f
     Calls/s of ``n`` Spatial.Nearest calls sent by h2load (nghttp2's load generator,
     a C client that costs the machine little beside the server).
     """
+    rate, _ = h2load_run(target, body, [f"-n{n}"], connections, streams, expect=n)
+    return rate
+
+
+def h2load_run(
+    target: str,
+    body: Path,
+    how: list[str],
+    connections: int,
+    streams: int,
+    *,
+    expect: int | None = None,
+) -> tuple[float, int]:
+    """
+    Spatial.Nearest calls sent by h2load, ``how`` many (``-n1000``, or
+    ``-D5 --warm-up-time=1`` for five seconds after one of warm-up): calls/s and
+    the calls that succeeded. Every call done must have succeeded (``expect``:
+    and that many). gRPC errors come in trailers behind HTTP 200: check Lake's
+    own failure counts as well (``nearest_counts``).
+    """
     out = subprocess.run(  # noqa: S603 -- constant arguments of our own
         [  # noqa: S607 -- h2load from the PATH (Debian's nghttp2-client)
             "h2load",
-            f"-n{n}",
+            *how,
             f"-c{connections}",
             f"-m{streams}",
             f"-d{body}",
@@ -300,11 +343,14 @@ def h2load(target: str, body: Path, n: int, connections: int, streams: int) -> f
     done = re.search(
         r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out
     )
-    if found is None or done is None or int(done.group(2)) != n:
+    complete = done is not None and done.group(1) == done.group(2)
+    if expect is not None and done is not None:
+        complete = complete and int(done.group(2)) == expect
+    if found is None or done is None or not complete:
         tail = "\n".join(line for line in out.splitlines() if "progress" not in line)
         msg = f"h2load did not finish every call:\n{tail}"
         raise RuntimeError(msg)
-    return float(found.group(1))
+    return float(found.group(1)), int(done.group(2))
 
 
 async def compare_workers_h2load(

@@ -190,13 +190,18 @@ def _validators(profile: str) -> list[Validator]:
         ),
         *_each("postgres.command_timeout", is_type_of=(int, float), gte=0),
         *_each("grpc.drain_s", is_type_of=(int, float), gte=0),
+        # The cache's lease: 0 turns it off; polls at least every millisecond.
+        *_each("cache.lease_ms", is_type_of=(int, float), gte=0, lte=10_000),
+        *_each("cache.poll_ms", is_type_of=(int, float), gte=1, lte=1_000),
         *_each("operations.timeout", is_type_of=(int, float), gt=0),
         *_each("redis.retries", is_type_of=int, gte=0),
         *_each("grpc.address", must_exist=True, ne=""),
         *_each("logging.format", is_in=["console", "json"]),
         *_each("logging.level", is_in=["DEBUG", "INFO", "WARNING", "ERROR"]),
         *_each("mesh.peers", "auth.tokens", is_type_of=dict),
-        *_each("auth.enabled", "grpc.reflection", is_type_of=bool),
+        *_each(
+            "auth.enabled", "grpc.reflection", "postgres.pgbouncer", is_type_of=bool
+        ),
         *_each(*_TLS_FILES, is_type_of=str),
         *_each("mesh.tls.server_name", "client.tls.server_name", is_type_of=str),
         *_each("grpc.tls.behind_proxy", is_type_of=bool),

@@ -102,6 +102,7 @@ from lake.resources.replicas import open_replicas
 from lake.stores.cache import CachedReads, RedisCache
 from lake.stores.database import Database
 from lake.stores.fences import FenceBook
+from lake.stores.lease import lease_app_name
 from lake.stores.migrate import Migrator
 from lake.stores.quotas import PgQuotaStore
 from lake.stores.replicas import routed_reads
@@ -257,6 +258,7 @@ class Container(containers.DeclarativeContainer):
     )
     tracer = tracing.provided.tracer
 
+    cache_lease = providers.Callable(operator.truediv, config.cache.lease_ms, 1000)
     # Waiters, waits, holds and new connections of the PostgreSQL pool.
     pool_metrics = providers.Singleton(PoolMetrics)
     pg_pool = providers.Resource(
@@ -271,6 +273,7 @@ class Container(containers.DeclarativeContainer):
         idle_in_transaction_timeout_ms=config.postgres.idle_in_transaction_timeout_ms,
         max_inactive_connection_lifetime=config.postgres.max_inactive_connection_lifetime,
         metrics=pool_metrics,
+        pgbouncer=config.postgres.pgbouncer,
     )
     redis = providers.Resource(
         open_redis,
@@ -336,6 +339,7 @@ class Container(containers.DeclarativeContainer):
     # for a read to see its writes (fed by the version batches).
     fences = providers.Singleton(FenceBook)
     # Cache versions, read in batches on a connection of their own.
+    # With a lease, polled for changes, so that most cached reads ask nothing.
     versions = providers.Resource(
         open_version_reader,
         providers.Callable(
@@ -344,7 +348,14 @@ class Container(containers.DeclarativeContainer):
             password=config.postgres.password,
             connect_timeout=config.postgres.connect_timeout,
             statement_timeout_ms=config.postgres.statement_timeout_ms,
+            application_name=providers.Callable(lease_app_name, cache_lease),
+            pgbouncer=config.postgres.pgbouncer,
         ),
+        lease=cache_lease,
+        # Behind PgBouncer the other instances' connections cannot be counted:
+        # every write then waits the lease.
+        blind=config.postgres.pgbouncer,
+        poll=providers.Callable(operator.truediv, config.cache.poll_ms, 1000),
         fences=providers.Callable(_fences_for, config.postgres.replica_dsns, fences),
     )
     # Read replicas (None without postgres.replica_dsns): a small pool and a
@@ -364,6 +375,7 @@ class Container(containers.DeclarativeContainer):
         interval=config.postgres.replica_check_interval,
         check_timeout=config.health.check_timeout,
         protection=protection,
+        pgbouncer=config.postgres.pgbouncer,
     )
     # The pool's fair shares between tenants (a bulkhead of the pool's size).
     pg_gate = providers.Singleton(

@@ -545,7 +545,7 @@ class ServiceManager:
             self._state.value,
             operations,
             pool=c.database.metrics(),
-            cache=c.cache.stats(),
+            cache={**c.cache.stats(), "versions": c.database.version_stats()},
             events_pending=pending,
             protection=self._protection.snapshot(),
             replicas=None if c.replicas is None else c.replicas.stats(),

@@ -68,6 +68,11 @@ class Database(Pingable, Protocol):
         The cache version of a scope, changed by every write to it.
         """
 
+    def leased_version(self, tenant: str, scope: str) -> str | None:
+        """
+        The cache version of a scope known without a round trip, or None.
+        """
+
     async def drain(self) -> None:
         """
         Finish or cancel background work (table analyses) before the pool closes.
@@ -76,6 +81,11 @@ class Database(Pingable, Protocol):
     def metrics(self) -> dict[str, int | float]:
         """
         Pool size, idle and in-use connections, bounds, acquire timeouts.
+        """
+
+    def version_stats(self) -> dict[str, int | float]:
+        """
+        Cache versions read, the queries that read them, and the lease's figures.
         """
 
 
@@ -99,10 +109,12 @@ class Cache(Pingable, Protocol):
         decode: Callable[[bytes], T],
         *,
         route: str = "",
+        leased: str | None = None,
     ) -> T:
         """
         The value of ``key`` cached at ``version()``, or ``load()`` once at a time;
-        with ``route``, only while caching that route pays.
+        with ``route``, only while caching that route pays; ``leased``: the
+        current version is known already (no read of it).
         """
 
     async def drain(self) -> None:

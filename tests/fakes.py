@@ -102,6 +102,12 @@ class FakeDatabase(FakePingable):
     async def cache_version(self, tenant: str, scope: str) -> str:
         return f"fake:{self.generations.get((tenant, scope), 0)}"
 
+    def version_stats(self) -> dict[str, int | float]:
+        return {}
+
+    def leased_version(self, tenant: str, scope: str) -> str | None:
+        return None  # no lease: every read asks cache_version
+
     async def drain(self) -> None:
         self.drained = True
 
@@ -127,8 +133,9 @@ class FakeCache(FakePingable):
         decode: Callable[[bytes], T],
         *,
         route: str = "",
+        leased: str | None = None,
     ) -> T:
-        entry = f"{key}@{await version()}"
+        entry = f"{key}@{leased or await version()}"
         if entry in self.entries:
             return decode(self.entries[entry])
         self.loads += 1

@@ -18,7 +18,12 @@ import structlog
 
 from lake.poolmetrics import PoolMetrics
 from lake.protection import Protection
-from lake.resources.postgres import _init_connection, _keep_session, pg_connector
+from lake.resources.postgres import (
+    _init_connection,
+    _keep_session,
+    _session_options,
+    pg_connector,
+)
 from lake.stores.database import Database, translate_pg_error
 from lake.stores.replicas import Replica, ReplicaSet
 
@@ -54,18 +59,26 @@ async def open_replicas(
     check_timeout: float = 1.0,
     protection: Protection | None = None,
     close_timeout: float = 5.0,
+    pgbouncer: bool = False,
 ) -> AsyncIterator[ReplicaSet | None]:
     """
     The replica set over ``dsns`` (None without any: nothing opened), checked in
     the background until exit.
 
     A replica authenticates with ``password`` unless its DSN carries one: a
-    physical standby has the primary's roles and passwords.
+    physical standby has the primary's roles and passwords. ``pgbouncer``: the
+    DSNs name PgBouncer in transaction pooling mode, as for the primary.
     """
     if not dsns:
         yield None
         return
     protection = protection or Protection()
+    options = _session_options(
+        pgbouncer=pgbouncer,
+        application_name=APPLICATION_NAME,
+        statement_timeout=statement_timeout_ms,
+        idle_in_transaction_session_timeout=idle_in_transaction_timeout_ms,
+    )
     pools: list[Any] = []
     replica_set: ReplicaSet | None = None
     try:
@@ -79,15 +92,9 @@ async def open_replicas(
                     max_size=max_size,
                     timeout=connect_timeout,
                     max_inactive_connection_lifetime=max_inactive_connection_lifetime,
-                    server_settings={
-                        "application_name": APPLICATION_NAME,
-                        "statement_timeout": str(statement_timeout_ms),
-                        "idle_in_transaction_session_timeout": str(
-                            idle_in_transaction_timeout_ms
-                        ),
-                    },
                     init=_init_connection,
                     reset=_keep_session,
+                    **options,
                 )
             except Exception as exc:
                 raise translate_pg_error(exc) from None
@@ -105,6 +112,7 @@ async def open_replicas(
                 password=password,
                 connect_timeout=min(connect_timeout, check_timeout),
                 statement_timeout_ms=statement_timeout_ms,
+                pgbouncer=pgbouncer,
             )
             replicas.append(Replica(name, replica_host(dsn), database, guard, check))
         replica_set = ReplicaSet(
@@ -114,6 +122,7 @@ async def open_replicas(
                 password=password,
                 connect_timeout=connect_timeout,
                 statement_timeout_ms=statement_timeout_ms,
+                pgbouncer=pgbouncer,
             ),
             max_lag=max_lag,
             interval=interval,

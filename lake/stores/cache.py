@@ -180,7 +180,7 @@ class RedisCache:
         self.busy = 0
         self.routes: dict[str, RoutePolicy] = {}
         # Recently read or written entries, kept in this process (see _remember).
-        self._near: OrderedDict[str, bytes] = OrderedDict()
+        self._near: OrderedDict[str, tuple[str, object]] = OrderedDict()
         self._near_size = near_entries
 
     @property
@@ -285,6 +285,7 @@ class RedisCache:
         decode: Callable[[bytes], T],
         *,
         route: str = "",
+        leased: str | None = None,
     ) -> T:
         """
         Return the value of ``key`` cached at ``version()``, or load it.
@@ -293,7 +294,9 @@ class RedisCache:
         read run concurrently, and an entry of another version is a miss. One load
         per (key, version) runs at a time; the store back to Redis does not delay
         the answer. With a ``route`` name, reads of that route skip the cache while
-        it does not pay (see ``RoutePolicy``).
+        it does not pay (see ``RoutePolicy``). A ``leased`` version (this
+        process's lease, ``stores.lease``) is the current one: no read of it, and
+        an entry this process holds is answered without waiting on anything.
         """
         policy = self.routes.get(route) if route else None
         if route and policy is None:
@@ -304,24 +307,19 @@ class RedisCache:
             policy.loaded(time.perf_counter() - started)
             return value
         started = time.perf_counter()
-        current: str | None = None
+        current = leased
         near = self._near.get(key)
         if near is not None:
-            # An entry this process read or wrote lately: only the version is
-            # asked (read-your-writes as ever), not Redis.
-            current = await version()
-            tag = current.encode() + b"\n"
-            if near.startswith(tag):
-                try:
-                    value = decode(near[len(tag) :])
-                except (ValueError, KeyError, TypeError):
-                    self.errors += 1
-                else:
-                    self.hits += 1
-                    self._near.move_to_end(key)
-                    if policy is not None:
-                        policy.looked_up(time.perf_counter() - started, hit=True)
-                    return value
+            # An entry this process read or wrote lately, kept decoded: only the
+            # version is asked (read-your-writes as ever), not Redis.
+            if current is None:
+                current = await version()
+            if near[0] == current:
+                self.hits += 1
+                self._near.move_to_end(key)
+                if policy is not None:
+                    policy.looked_up(time.perf_counter() - started, hit=True)
+                return near[1]  # type: ignore[return-value]
             self._near.pop(key, None)  # an older version: never served again
         if current is not None:  # known already: Redis may hold a newer entry
             cached = await self.get(key)
@@ -343,7 +341,7 @@ class RedisCache:
                 self.errors += 1  # unreadable entry: load it again
             else:
                 self.hits += 1
-                self._remember(key, cached)
+                self._remember(key, current, value, len(cached))
                 if policy is not None:
                     policy.looked_up(looked, hit=True)
                 return value
@@ -360,26 +358,27 @@ class RedisCache:
         if policy is not None:
             policy.loaded(time.perf_counter() - started)
         # Encoded in the background too: the caller has its answer first.
-        self._spawn(self._store(key, tag, value, encode))
+        self._spawn(self._store(key, current, value, encode))
         return value
 
     async def _store(
-        self, key: str, tag: bytes, value: T, encode: Callable[[T], bytes]
+        self, key: str, version: str, value: T, encode: Callable[[T], bytes]
     ) -> None:
         try:
-            data = tag + encode(value)
+            data = version.encode() + b"\n" + encode(value)
         except (TypeError, ValueError):  # a value JSON cannot hold: not cached
             self.errors += 1
             return
-        self._remember(key, data)
+        self._remember(key, version, value, len(data))
         await self.set(key, data)
 
-    def _remember(self, key: str, data: bytes) -> None:
-        # A bounded LRU of encoded entries, each tagged with its version like the
+    def _remember(self, key: str, version: str, value: object, size: int) -> None:
+        # A bounded LRU of decoded entries, each tagged with its version like the
         # Redis copy; a hit on it still checks the version, so it is never stale.
-        if len(data) > _NEAR_MAX_ENTRY:
+        # Values are frozen dataclasses, which callers only read.
+        if size > _NEAR_MAX_ENTRY:
             return
-        self._near[key] = data
+        self._near[key] = (version, value)
         self._near.move_to_end(key)
         while len(self._near) > self._near_size:
             self._near.popitem(last=False)
@@ -482,6 +481,7 @@ class CachedReads:
             codec.encode,
             codec.decode,
             route=type(operation).__name__,
+            leased=self._database.leased_version(tenant, scope),
         )
 
     async def uncached(

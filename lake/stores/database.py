@@ -34,7 +34,7 @@ from lake.errors import (
     StoreUnavailableError,
     ValidationError,
 )
-from lake.metering import timed_db
+from lake.metering import current_charge, timed_db
 from lake.poolmetrics import PoolMetrics
 from lake.protection import (
     BreakerState,
@@ -189,6 +189,12 @@ _ANALYZE_BACKOFF_S = 300.0
 
 log = structlog.get_logger(__name__)
 
+# The generations the current transaction changed (see record_write), so that the
+# lease can hold this process's copy of them and the write can wait for the others.
+_CHANGED: contextvars.ContextVar[list[tuple[str, str]] | None] = contextvars.ContextVar(
+    "lake_changed_generations", default=None
+)
+
 _SETTING = re.compile(r"[a-z_][a-z0-9_.]{0,62}")
 APP_ROLE = "lake_app"
 
@@ -253,6 +259,9 @@ async def record_write(
         " VALUES ($1, $2, floor(random() * 9007199254740991)::bigint)"
         " ON CONFLICT (tenant_id, scope) DO UPDATE SET gen = EXCLUDED.gen"
     )
+    changed = _CHANGED.get()
+    if changed is not None:
+        changed.append((tenant, scope))
     if event is None:
         await conn.execute(bump, tenant, scope)
         return
@@ -432,6 +441,8 @@ class Database:
         # SQL text: the setup statement names the tenant and the settings).
         span = child_span(self._tracer, "pg transaction", _PG_SPAN)
         error: BaseException | None = None
+        changed: list[tuple[str, str]] = []
+        marker = _CHANGED.set(changed)
         try:
             async with source.connection(tenant or "") as conn:
                 try:
@@ -448,11 +459,42 @@ class Database:
                     if isinstance(exc, Exception) and not isinstance(exc, LakeError):
                         raise translate_pg_error(exc) from None
                     raise
+            if changed:
+                await self._settle(changed)
         except BaseException as exc:
             error = exc
             raise
         finally:
+            _CHANGED.reset(marker)
             end_span(span, error)
+
+    async def _settle(self, changed: list[tuple[str, str]]) -> None:
+        # Committed, the connection given back: the other processes' leases on
+        # these generations run out before the write is acknowledged (see
+        # stores.lease); this process's copy of them waits for its next poll.
+        reader = self._versions
+        if reader is None:
+            return
+        reader.lease.wrote(changed)
+        wait = reader.lease.write_wait()
+        if wait > 0:
+            started = time.perf_counter()
+            await asyncio.sleep(wait)
+            charge = current_charge()
+            if charge is not None:  # waiting is not database time
+                charge.db_s -= time.perf_counter() - started
+
+    def leased_version(self, tenant: str, scope: str) -> str | None:
+        """
+        The cache version of ``scope`` from this process's lease, without a
+        round trip; None when it must be read (``cache_version``).
+        """
+        reader = self._versions
+        namespace = self._namespace
+        if reader is None or namespace is None:
+            return None
+        gen = reader.lease.get((tenant, scope))
+        return None if gen is None else f"{namespace}:{gen}"
 
     async def cache_version(self, tenant: str, scope: str) -> str:
         """
@@ -634,6 +676,13 @@ class Database:
         Replace pooled connections, so that types created by migrations get codecs.
         """
         await self._pool.expire_connections()
+
+    def version_stats(self) -> dict[str, int | float]:
+        """
+        Cache versions read from PostgreSQL and the queries that read them; the
+        lease's figures (``stores.lease``).
+        """
+        return {} if self._versions is None else self._versions.stats()
 
     def metrics(self) -> dict[str, int | float]:
         """

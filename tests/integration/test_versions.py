@@ -8,13 +8,16 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
 import structlog
 
 from lake.container import aresolve, create_container
+from lake.models import series_scope
 from lake.operations import Point, QueryPoints, WritePoints
 from tests.waiting import eventually
 
 T0 = datetime.now(UTC) - timedelta(hours=2)
+SCOPE = series_scope("cpu")
 
 
 async def started(settings):
@@ -48,6 +51,96 @@ async def test_write_on_one_instance_is_read_on_the_other_at_once(lake_settings)
     finally:
         await a.stop()
         await b.stop()
+
+
+async def _leased_pair(settings):
+    """Two instances whose leases are warm and which have counted each other."""
+    (ca, a), (cb, b) = await started(settings), await started(settings)
+    va, vb = await ca.versions(), await cb.versions()
+
+    async def warm() -> bool:
+        await a.coordinate(query())  # reads keep the polls at their fast pace
+        await b.coordinate(query())
+        return all(v.lease.fresh() and v.lease.peers >= 1 for v in (va, vb))
+
+    await eventually(warm, within=15.0, every=0.05)
+    return (ca, a, va), (cb, b, vb)
+
+
+async def test_leased_reads_see_the_other_instance_writes_at_once(lake_settings):
+    """With both leases fresh, reads ask PostgreSQL nothing, writes wait for the
+    other's lease, and every write acknowledged by A is in B's next read."""
+    (ca, a, va), (cb, b, vb) = await _leased_pair(lake_settings)
+    caches = {a: await ca.cache(), b: await cb.cache()}
+    leased = {a: va.lease.leased, b: vb.lease.leased}
+    try:
+        assert va.lease.write_wait() > 0  # B holds a lease: A's writes wait
+        for i in range(20):
+            writer, reader = (a, b) if i % 2 else (b, a)
+            await reader.coordinate(query())
+            await caches[reader].drain()
+            ts = T0 + timedelta(seconds=i)
+            await writer.coordinate(WritePoints("t1", "cpu", [Point(ts, float(i))]))
+            page = await reader.coordinate(query())
+            assert len(page.points) == i + 1, f"stale read after write {i}"
+        assert va.lease.leased > leased[a]  # answered from the lease, no query
+        assert vb.lease.leased > leased[b]
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+async def test_a_long_transaction_does_not_hide_its_change_from_the_lease(
+    lake_settings,
+):
+    """A generation changed by a transaction that began before several polls and
+    commits after them still reaches the lease (polls start at the snapshot xmin,
+    not at the last change seen)."""
+    container, manager = await started(lake_settings)
+    versions = await container.versions()
+    database = await container.database()
+    lease = versions.lease
+    try:
+        await manager.coordinate(WritePoints("t1", "cpu", [Point(T0, 1.0)]))
+
+        async def warm() -> bool:
+            await manager.coordinate(query())
+            return lease.fresh() and database.leased_version("t1", SCOPE) is not None
+
+        await eventually(warm, within=15.0, every=0.05)
+        before = database.leased_version("t1", SCOPE)
+        conn = await asyncpg.connect(
+            lake_settings["postgres"]["dsn"],
+            password=lake_settings["postgres"]["password"] or None,
+        )
+        try:
+            tx = conn.transaction()
+            await tx.start()
+            await conn.execute(
+                "UPDATE cache_generations SET gen = gen + 1"
+                " WHERE tenant_id = 't1' AND scope = $1",
+                SCOPE,
+            )
+            polls = lease.polls
+
+            async def polled_past() -> bool:
+                await manager.coordinate(query())
+                return bool(lease.polls >= polls + 5)
+
+            await eventually(polled_past, within=10.0)
+            assert database.leased_version("t1", SCOPE) == before  # not committed
+            await tx.commit()
+        finally:
+            await conn.close()
+
+        async def moved() -> bool:
+            await manager.coordinate(query())
+            now = database.leased_version("t1", SCOPE)
+            return now is not None and now != before
+
+        await eventually(moved, within=5.0)
+    finally:
+        await manager.stop()
 
 
 async def test_concurrent_reads_share_version_queries(container, manager):
