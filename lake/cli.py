@@ -221,7 +221,8 @@ def _worker_settings(
     settings: dict[str, Any], index: int, count: int, board: str
 ) -> dict[str, Any]:
     """
-    One worker's settings: its place among the workers and its share of the pool.
+    One worker's settings: its place among the workers and its share of the pools
+    (the primary's and each replica's).
     """
     pg = settings["postgres"]
     max_size = max(2, pg["max_size"] // count)
@@ -232,6 +233,7 @@ def _worker_settings(
             **pg,
             "max_size": max_size,
             "min_size": min(pg["min_size"], max_size),
+            "replica_max_size": max(1, pg["replica_max_size"] // count),
         },
     }
 
@@ -342,9 +344,11 @@ def _report_dict(reply: HealthReport) -> dict[str, Any]:
 def _print_report(target: str, reply: HealthReport) -> None:
     readiness = "ready" if reply.ready else "NOT READY"
     click.echo(f"lake at {target}: {reply.status} ({readiness}, {reply.state})")
+    # As wide as the longest name (postgres.replica.1, mesh.<peer>), at least 12.
+    width = max([12, *(len(c.name) for c in reply.components)])
     for c in reply.components:
         reason = f"  {c.reason}" if c.reason else ""
-        click.echo(f"  {c.name:<12} {c.status:<9}{c.latency_ms:8.1f} ms{reason}")
+        click.echo(f"  {c.name:<{width}} {c.status:<9}{c.latency_ms:8.1f} ms{reason}")
 
 
 @main.command()

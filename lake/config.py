@@ -133,6 +133,10 @@ def _validators(profile: str) -> list[Validator]:
         *_each("redis.sentinel_master", "redis.sentinel_password", is_type_of=str),
         *_each("postgres.min_size", is_type_of=int, gte=0),
         *_each("postgres.max_size", is_type_of=int, gte=1),
+        *_each("postgres.replica_dsns", is_type_of=list),
+        *_each("postgres.max_replica_lag", is_type_of=(int, float), gt=0),
+        *_each("postgres.replica_max_size", is_type_of=int, gte=1),
+        *_each("postgres.replica_check_interval", is_type_of=(int, float), gt=0),
         *_each(
             "postgres.connect_timeout",
             "postgres.acquire_timeout",
@@ -393,6 +397,7 @@ def load_settings(
     _lower_map_keys(values, schema.maps)
     values["profile"] = profile
     _check_pool_sizes(values, profile)
+    _check_replicas(values, profile)
     _check_tls(values, profile)
     check_addresses(values, profile)
     _check_redis(values["redis"], profile)
@@ -450,6 +455,23 @@ def _check_pool_sizes(values: Mapping[str, Any], profile: str) -> None:
         msg = (
             f"invalid setting postgres.min_size in profile {profile!r}: "
             f"larger than postgres.max_size ({pg['min_size']} > {pg['max_size']})"
+        )
+        raise ConfigError(msg)
+
+
+def _check_replicas(values: Mapping[str, Any], profile: str) -> None:
+    pg = values["postgres"]
+    if not all(isinstance(dsn, str) and dsn for dsn in pg["replica_dsns"]):
+        msg = (
+            f"invalid setting postgres.replica_dsns in profile {profile!r}: "
+            "must be a list of postgresql:// URLs"
+        )
+        raise ConfigError(msg)
+    if pg["replica_check_interval"] >= pg["max_replica_lag"]:
+        msg = (
+            f"invalid setting postgres.replica_check_interval in profile {profile!r}"
+            ": must be shorter than postgres.max_replica_lag (a replica is checked"
+            " several times within the lag it may have)"
         )
         raise ConfigError(msg)
 
@@ -561,8 +583,8 @@ def mask_text(text: str) -> str:
 def secret_values(values: Mapping[str, Any]) -> list[str]:
     """
     Every secret the settings hold, as it may appear in a log line: the passwords,
-    the cursor key, and the passwords inside the DSN and the Redis URL (raw and
-    URL-decoded).
+    the cursor key, and the passwords inside the DSN, the replicas' DSNs and the
+    Redis URL (raw and URL-decoded).
     """
     found = [
         values["postgres"]["password"],
@@ -570,7 +592,10 @@ def secret_values(values: Mapping[str, Any]) -> list[str]:
         values["redis"].get("sentinel_password", ""),
         values["timeseries"]["cursor_key"],
     ]
-    for url in (values["postgres"]["dsn"], values["redis"]["url"]):
+    urls = [values["postgres"]["dsn"], values["redis"]["url"]]
+    replicas = values["postgres"].get("replica_dsns") or []
+    urls += [u for u in replicas if isinstance(u, str)]
+    for url in urls:
         parts = urlsplit(url)
         pairs = [("password", parts.password or ""), *parse_qsl(parts.query)]
         for key, value in pairs:

@@ -9,8 +9,10 @@ The composition root: the whole wiring of Lake on one page.
             │                                  ├─ migrator ─┼─ components ── manager
             │                                  ├─ relay ────┤   (through resources)
             │                                  └─ reads ────┤
+            ├─ replicas (Resource) ── (reads: routed) ──────┤
             ├─ redis (Resource) ───── cache ──── (reads) ───┤
             └─ mesh_client (Resource) ───── (relay) ────────┘
+    fences ── versions, reads (the WAL positions replica reads wait for)
     limits, startup_policy, operation_policy, usage, loop_lag ── (manager)
     database ── tokens (the token store)
 
@@ -75,6 +77,7 @@ from lake.metrics import (
     LoopLagSource,
     MetricsPublisher,
     MetricsRegistry,
+    ReplicaSource,
     process_source,
 )
 from lake.metricserver import MetricsServer
@@ -96,11 +99,14 @@ from lake.quotas.rates import RateQuotas
 from lake.resilience import RetryPolicy
 from lake.resources.postgres import open_pg_pool, pg_connector
 from lake.resources.redis import open_redis
+from lake.resources.replicas import open_replicas
 from lake.stores.cache import CachedReads, RedisCache
 from lake.stores.database import Database
+from lake.stores.fences import FenceBook
 from lake.stores.lease import lease_app_name
 from lake.stores.migrate import Migrator
 from lake.stores.quotas import PgQuotaStore
+from lake.stores.replicas import routed_reads
 from lake.stores.spatial import PgSpatialStore
 from lake.stores.timeseries import PgTimeSeriesStore
 from lake.stores.tokens import PgTokenStore
@@ -129,6 +135,11 @@ def _has_stream(peers: dict[str, Any]) -> bool:
 def _metrics_address(address: str, index: int) -> str:
     # One listener for all worker processes: worker 0 adds up the others.
     return address if index == 0 else ""
+
+
+def _fences_for(replica_dsns: Sequence[str], book: FenceBook) -> FenceBook | None:
+    # Version batches read the primary's WAL position only when replicas use it.
+    return book if replica_dsns else None
 
 
 def _plus(chosen: Sequence[Any], extra: Any, wanted: bool) -> list[Any]:
@@ -328,6 +339,9 @@ class Container(containers.DeclarativeContainer):
         tracer=tracer,
     )
 
+    # With read replicas: per scope, the WAL position a replica must have replayed
+    # for a read to see its writes (fed by the version batches).
+    fences = providers.Singleton(FenceBook)
     # Cache versions, read in batches on a connection of their own.
     # With a lease, polled for changes, so that most cached reads ask nothing.
     versions = providers.Resource(
@@ -346,6 +360,26 @@ class Container(containers.DeclarativeContainer):
         # every write then waits the lease.
         blind=config.postgres.pgbouncer,
         poll=providers.Callable(operator.truediv, config.cache.poll_ms, 1000),
+        fences=providers.Callable(_fences_for, config.postgres.replica_dsns, fences),
+    )
+    # Read replicas (None without postgres.replica_dsns): a small pool and a
+    # breaker each, checked in the background.
+    replicas = providers.Resource(
+        open_replicas,
+        dsns=config.postgres.replica_dsns,
+        primary_dsn=config.postgres.dsn,
+        password=config.postgres.password,
+        max_size=config.postgres.replica_max_size,
+        connect_timeout=config.postgres.connect_timeout,
+        acquire_timeout=config.postgres.acquire_timeout,
+        statement_timeout_ms=config.postgres.statement_timeout_ms,
+        idle_in_transaction_timeout_ms=config.postgres.idle_in_transaction_timeout_ms,
+        max_inactive_connection_lifetime=config.postgres.max_inactive_connection_lifetime,
+        max_lag=config.postgres.max_replica_lag,
+        interval=config.postgres.replica_check_interval,
+        check_timeout=config.health.check_timeout,
+        protection=protection,
+        pgbouncer=config.postgres.pgbouncer,
     )
     # The pool's fair shares between tenants (a bulkhead of the pool's size).
     pg_gate = providers.Singleton(
@@ -418,8 +452,15 @@ class Container(containers.DeclarativeContainer):
         retention_days=config.events.retention_days,
     )
 
-    # The read cache: keys, versions and the per-route policy, in one component.
-    reads = providers.Singleton(CachedReads, cache, database)
+    # The read cache: keys, versions and the per-route policy, in one component;
+    # with replicas, its loads routed to one that has replayed the read's writes.
+    reads = providers.Singleton(
+        routed_reads,
+        providers.Singleton(CachedReads, cache, database),
+        database,
+        replicas,
+        fences,
+    )
     # Rate quotas in Redis (Lake's own pool), overrides and usage in PostgreSQL.
     quota_store = providers.Singleton(PgQuotaStore, database)
     quotas = providers.Singleton(
@@ -446,6 +487,7 @@ class Container(containers.DeclarativeContainer):
         migrator=migrator,
         relay=relay,
         quotas=quotas,
+        replicas=replicas,
     )
 
     resources = providers.Singleton(
@@ -453,6 +495,7 @@ class Container(containers.DeclarativeContainer):
         resources=providers.List(
             pg_pool.provider,
             versions.provider,
+            replicas.provider,
             redis.provider,
             mesh_client.provider,
         ),
@@ -523,6 +566,7 @@ class Container(containers.DeclarativeContainer):
         quota_rejections,
         providers.Singleton(CacheSource, manager),
         providers.Singleton(EventsSource, manager),
+        providers.Singleton(ReplicaSource, manager),
         providers.Singleton(LoopLagSource, loop_lag),
         providers.Singleton(ProtectionSource, protection, pg_gate),
         providers.Singleton(process_source),
@@ -675,6 +719,7 @@ def create_container(settings: dict[str, Any]) -> Container:
     for resource in (
         container.pg_pool,
         container.versions,
+        container.replicas,
         container.redis,
         container.mesh_client,
     ):

@@ -305,6 +305,19 @@ class ServiceManager:
         ]
         if c.quotas is not None:  # "quotas local": Redis lost, counted per instance
             checks.append(Check("quotas", c.quotas.ping, critical=False))
+        if c.replicas is not None:
+            # A replica out of rotation degrades Lake: its reads go to the primary.
+            # Its latency column is its measured lag.
+            checks += [
+                Check(
+                    f"postgres.replica.{name}",
+                    partial(c.replicas.ping, name),
+                    critical=False,
+                    failure=Status.DEGRADED,
+                    measure=partial(c.replicas.lag_ms, name),
+                )
+                for name in c.replicas.names
+            ]
         # A missing peer degrades Lake: only the operations that need it fail.
         checks += [
             Check(
@@ -490,8 +503,10 @@ class ServiceManager:
         load: Callable[[], Awaitable[object]] = partial(route.handler, c, op)
         if self._protection.adaptive and type(op) in self._adaptive:
             load = partial(self._timed, load, type(op).__name__)
-        if route.scope is None or route.codec is None:
+        if route.scope is None:
             return await load()
+        if route.codec is None:  # a read the cache does not keep (SearchText)
+            return await c.reads.uncached(op.tenant, route.scope(op), load)
         return await c.reads.read(op.tenant, route.scope(op), op, load, route.codec)
 
     async def maintain(self) -> MaintenanceReport:
@@ -542,6 +557,7 @@ class ServiceManager:
             cache={**c.cache.stats(), "versions": c.database.version_stats()},
             events_pending=pending,
             protection=self._protection.snapshot(),
+            replicas=None if c.replicas is None else c.replicas.stats(),
         )
 
 

@@ -65,6 +65,7 @@ __all__ = [
     "MetricsPublisher",
     "MetricsRegistry",
     "Refreshing",
+    "ReplicaSource",
     "Source",
     "families_from_json",
     "families_to_json",
@@ -80,6 +81,8 @@ GAUGE_MERGE: dict[str, Callable[[list[float]], float]] = {
     "lake_breaker_state": max,  # the worst worker's breaker
     "lake_attempt_timeout_seconds": max,
     "lake_events_pending": max,  # one figure of the database: worker 0 reads it
+    "lake_replica_lag_seconds": max,  # the replica's lag as the worst worker saw it
+    "lake_replica_in_rotation": min,  # out if any worker took it out
     "process_start_time_seconds": min,
     "process_max_fds": min,
 }
@@ -273,6 +276,51 @@ class CacheSource:
                 connections.add_metric([state], n)
         yield requests
         yield connections
+
+
+class ReplicaSource:
+    """
+    ``lake_replica_lag_seconds{replica}``, ``lake_replica_in_rotation{replica}``
+    and ``lake_read_routes_total{route}`` (where routed reads went: ``replica``,
+    or the primary for a ``recent_write``, ``no_replica`` in rotation, or a
+    ``fallback`` after a replica failed), while running with read replicas.
+    """
+
+    def __init__(self, manager: Running) -> None:
+        self._manager = manager
+
+    def collect(self) -> Iterator[Metric]:
+        """
+        The replica families (empty without replicas).
+        """
+        lag = GaugeMetricFamily(
+            "lake_replica_lag_seconds",
+            "How long ago the primary was at the WAL position the replica replayed",
+            labels=["replica"],
+        )
+        rotation = GaugeMetricFamily(
+            "lake_replica_in_rotation",
+            "1 while the replica serves reads, 0 while out (down, lagging)",
+            labels=["replica"],
+        )
+        routes = CounterMetricFamily(
+            "lake_read_routes",
+            "Reads loaded with replicas configured, by where they ran: replica, or"
+            " the primary for a recent_write, no_replica or a fallback",
+            labels=["route"],
+        )
+        c = self._manager.components
+        if c is not None and c.replicas is not None:
+            stats = c.replicas.stats()
+            for route, n in stats.get("routed", {}).items():
+                routes.add_metric([route], n)
+            for name, node in stats.get("nodes", {}).items():
+                rotation.add_metric([name], node.get("in_rotation", 0))
+                if node.get("lag_ms") is not None:
+                    lag.add_metric([name], node["lag_ms"] / 1000.0)
+        yield lag
+        yield rotation
+        yield routes
 
 
 class EventsSource:

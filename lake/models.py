@@ -244,8 +244,9 @@ class RelayReport:
 class ServiceStatus:
     """
     Operator figures: the state and usage per operation; once running, the pool,
-    the cache, the events waiting for delivery (a reason when unknown) and each
-    dependency's breaker, retry budget and timeouts. Holds no tenant data.
+    the cache, the events waiting for delivery (a reason when unknown), each
+    dependency's breaker, retry budget and timeouts, and the read replicas (when
+    configured). Holds no tenant data.
     """
 
     state: str
@@ -254,6 +255,7 @@ class ServiceStatus:
     cache: Mapping[str, Any] | None = None
     events_pending: int | str | None = None
     protection: Mapping[str, Any] | None = None
+    replicas: Mapping[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """
@@ -266,5 +268,6 @@ class ServiceStatus:
             "cache": self.cache,
             "events_pending": self.events_pending,
             "protection": self.protection,
+            "replicas": self.replicas,
         }
         return {k: v for k, v in figures.items() if v is not None}

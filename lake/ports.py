@@ -38,6 +38,7 @@ __all__ = [
     "Quotas",
     "Reads",
     "Relay",
+    "Replicas",
     "ResourceSet",
     "SpatialStore",
     "TimeSeriesStore",
@@ -157,6 +158,14 @@ class Reads(Protocol):
         """
         ``operation``'s answer at the current version of ``scope``, from the cache
         or from ``load()``.
+        """
+
+    async def uncached(
+        self, tenant: str, scope: str, load: Callable[[], Awaitable[T]]
+    ) -> T:
+        """
+        ``load()``'s answer, never cached (SearchText: it hangs on a peer's
+        embedding), loaded where it sees every write to ``scope`` (a replica).
         """
 
 
@@ -327,6 +336,34 @@ class Mesh(Protocol):
         """
 
 
+class Replicas(Protocol):
+    """
+    The read replicas (``postgres.replica_dsns``), as health and status see them.
+    """
+
+    @property
+    def names(self) -> list[str]:
+        """
+        The replicas' names (``1``, ``2``...), in the settings' order.
+        """
+
+    async def ping(self, name: str) -> str | None:
+        """
+        One replica's state as of its last check: raise while it is down, a
+        reason while out of rotation.
+        """
+
+    def lag_ms(self, name: str) -> float:
+        """
+        One replica's measured lag behind the primary (0 while unknown).
+        """
+
+    def stats(self) -> dict[str, Any]:
+        """
+        Where reads went, and each replica's state, lag and counts.
+        """
+
+
 class Relay(Protocol):
     """
     Delivers outbox events to the stream peer.
@@ -386,6 +423,7 @@ class Components:
     migrator: Migrator
     relay: Relay
     quotas: Quotas | None = None
+    replicas: Replicas | None = None
 
 
 class ResourceSet(Protocol):

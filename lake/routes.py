@@ -2,8 +2,10 @@
 The routing table: which component call serves each operation type.
 
 Reads name the cache scope they read from and the codec of their result, so the
-manager can serve them through the read cache; writes and text operations go
-straight to their components.
+manager can serve them through the read cache (and, with read replicas, on a
+replica that has replayed the scope's writes); SearchText names its scope but no
+codec: routed like the others, never cached. Writes and UpsertTexts go straight
+to their components.
 """
 
 from __future__ import annotations
@@ -45,8 +47,8 @@ __all__ = ["ROUTES", "Route"]
 @dataclass(frozen=True, slots=True)
 class Route:
     """
-    How one operation type is served: its handler and, for cached reads, the cache
-    scope it reads from and the codec of its result.
+    How one operation type is served: its handler and, for reads, the scope it
+    reads from and (for cached reads) the codec of its result.
     """
 
     handler: Callable[[Components, Any], Awaitable[object]]
@@ -103,7 +105,9 @@ ROUTES: dict[type[Any], Route] = {
         VECTOR_MATCHES,
     ),
     UpsertTexts: Route(lambda c, op: _upsert_texts(c, op)),
-    SearchText: Route(lambda c, op: _search_text(c, op)),
+    # A read (of its collection's scope, so a replica may serve it) that is never
+    # cached: its answer hangs on the cortex peer's embedding.
+    SearchText: Route(lambda c, op: _search_text(c, op), _vectors),
     DeleteVectors: Route(
         lambda c, op: c.vectors.delete(op.tenant, op.collection, list(op.ids))
     ),

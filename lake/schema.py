@@ -343,6 +343,15 @@ def _check_url(value: str, schemes: tuple[str, ...], what: str) -> None:
             raise ValueError(msg)
 
 
+def _check_replica(entry: tuple[int, str]) -> None:
+    index, dsn = entry
+    try:
+        _check_url(dsn, ("postgresql", "postgres"), "postgresql")
+    except ValueError as exc:
+        msg = f"entry {index + 1}: {exc}"
+        raise ValueError(msg) from None
+
+
 def _check_collector(value: str) -> None:
     if not value:
         msg = "tracing with the otlp exporter needs a collector (http://host:4317)"
@@ -354,7 +363,8 @@ def check_addresses(values: Mapping[str, Any], profile: str) -> None:
     """
     Check grpc.address and metrics.address (shape, port range, host resolves),
     every mesh peer, the OTLP collector's URL when tracing exports to one, and the
-    shape of postgres.dsn and redis.url, before anything starts.
+    shape of postgres.dsn, each postgres.replica_dsns entry and redis.url, before
+    anything starts.
 
     Raises:
         ConfigError: one line naming the key, its variable and the problem; a DSN's
@@ -372,6 +382,10 @@ def check_addresses(values: Mapping[str, Any], profile: str) -> None:
             values["redis"]["url"],
             lambda v: _check_url(v, ("redis", "rediss", "unix"), "redis"),
         ),
+    ]
+    checks += [
+        ("postgres.replica_dsns", (i, dsn), _check_replica)
+        for i, dsn in enumerate(values["postgres"]["replica_dsns"])
     ]
     if values["metrics"]["address"]:  # empty: no metrics endpoint
         checks.append(("metrics.address", values["metrics"]["address"], _check_listen))

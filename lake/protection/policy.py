@@ -8,6 +8,7 @@ each of PostgreSQL, Redis and every mesh peer, held by one ``Protection``.
                 │            ├─ budget (RetryBudget)
                 │            └─ timeouts per operation (AdaptiveTimeout)
                 ├─ redis ──── breaker (skips the cache while open)
+                ├─ postgres.replica.<n> ─ breaker (a read replica: skipped while open)
                 └─ mesh.<peer> ─ breaker, budget, one adaptive timeout
 
 Components call their dependency's ``breaker`` around each call; the manager asks
@@ -148,6 +149,7 @@ class Protection:
             timeouts=TimeoutSettings(),
         )
         self._peers: dict[str, Dependency] = {}
+        self._replicas: dict[str, Dependency] = {}
         # Cuts read attempts that outlive their adaptive timeout.
         self.watch = AttemptWatch()
 
@@ -159,6 +161,22 @@ class Protection:
         if found is None:
             found = self._peers[name] = Dependency(
                 f"mesh.{name}",
+                breaker=self._breaker,
+                budget=self._budget,
+                timeouts=self._peer_timeouts,
+            )
+        return found
+
+    def replica(self, name: str) -> Dependency:
+        """
+        The protection of read replica ``name`` (``postgres.replica.<name>``): the
+        primary's breaker thresholds. Its failures never reach a caller (the read
+        goes to the primary instead), so it spends no retries.
+        """
+        found = self._replicas.get(name)
+        if found is None:
+            found = self._replicas[name] = Dependency(
+                f"postgres.replica.{name}",
                 breaker=self._breaker,
                 budget=self._budget,
                 timeouts=self._peer_timeouts,
@@ -190,9 +208,14 @@ class Protection:
 
     def dependencies(self) -> list[Dependency]:
         """
-        PostgreSQL, Redis and the peers called so far.
+        PostgreSQL, Redis, the read replicas and the peers called so far.
         """
-        return [self.postgres, self.redis, *self._peers.values()]
+        return [
+            self.postgres,
+            self.redis,
+            *self._replicas.values(),
+            *self._peers.values(),
+        ]
 
     def snapshot(self) -> dict[str, object]:
         """

@@ -530,3 +530,11 @@ class CachedReads:
             route=type(operation).__name__,
             leased=self._database.leased_version(tenant, scope),
         )
+
+    async def uncached(
+        self, tenant: str, scope: str, load: Callable[[], Awaitable[T]]
+    ) -> T:
+        """
+        ``load()`` itself: a read the cache does not keep.
+        """
+        return await load()

@@ -16,8 +16,8 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import TYPE_CHECKING, Any, Protocol
 
 import asyncpg
 import structlog
@@ -54,6 +54,8 @@ if TYPE_CHECKING:
 __all__ = [
     "APP_ROLE",
     "Database",
+    "ReadLane",
+    "read_lane",
     "record_write",
     "translate_pg_error",
 ]
@@ -274,6 +276,30 @@ async def record_write(
     )
 
 
+class ReadLane(Protocol):
+    """
+    Where the transactions of one read run instead of this database's pool: a
+    replica chosen for it (``lake.stores.replicas``).
+    """
+
+    def connection(self, tenant: str) -> AbstractAsyncContextManager[Any]:
+        """
+        A connection of the replica, through its own breaker.
+        """
+
+    def setup(self, sql: str) -> str:
+        """
+        The transaction's setup statement plus the replica's own check.
+        """
+
+
+# Set around a read sent to a replica; None (the default, and always without
+# replicas): transactions run on the primary's pool.
+read_lane: contextvars.ContextVar[ReadLane | None] = contextvars.ContextVar(
+    "lake_read_lane", default=None
+)
+
+
 class Database:
     """
     Tenant-scoped transactions, health and metrics over an asyncpg pool.
@@ -407,6 +433,10 @@ class Database:
         discarded, so no state can reach the next user of the pool.
         """
         setup = _setup_sql(tenant, settings or {}, prelude)
+        lane = read_lane.get()  # a read routed to a replica runs there
+        if lane is not None:
+            setup = lane.setup(setup)
+        source = self if lane is None else lane
         # One span for the whole transaction, the connection's wait included (no
         # SQL text: the setup statement names the tenant and the settings).
         span = child_span(self._tracer, "pg transaction", _PG_SPAN)
@@ -414,7 +444,7 @@ class Database:
         changed: list[tuple[str, str]] = []
         marker = _CHANGED.set(changed)
         try:
-            async with self.connection(tenant or "") as conn:
+            async with source.connection(tenant or "") as conn:
                 try:
                     await conn.execute(setup)
                     yield conn
@@ -424,7 +454,7 @@ class Database:
                     raise
                 except BaseException as exc:
                     await _rollback(conn)
-                    if _read_only(exc):
+                    if _read_only(exc) and lane is None:  # a replica always is
                         await self.recycle("read-only")
                     if isinstance(exc, Exception) and not isinstance(exc, LakeError):
                         raise translate_pg_error(exc) from None

@@ -116,6 +116,9 @@ class PgVectorStore:
                 f" WHERE collection_id = {cid}"
             )
             await charge(conn, tenant, self._caps(tenant), collections=1)
+            # A new collection changes what reads of its scope answer (no longer
+            # NOT_FOUND): a replica read must wait for it as for any write.
+            await record_write(conn, tenant, vector_scope(collection.name))
         self._known[(tenant, collection.name)] = _Known(cid, collection)
         return collection
 

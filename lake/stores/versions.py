@@ -36,6 +36,7 @@ from typing import Any
 import structlog
 
 from lake.errors import StoreUnavailableError
+from lake.stores.fences import FenceBook
 from lake.stores.lease import APP_NAME, Key, VersionLease
 
 __all__ = ["VersionReader", "open_version_reader"]
@@ -44,6 +45,14 @@ log = structlog.get_logger(__name__)
 
 _BATCH = (
     "SELECT k.t, k.s, coalesce(g.gen, 0)"
+    " FROM unnest($1::text[], $2::text[]) AS k(t, s)"
+    " LEFT JOIN cache_generations g ON g.tenant_id = k.t AND g.scope = k.s"
+)
+# With read replicas: the primary's WAL insert position too, read once in the same
+# statement (after its snapshot was taken), for the replicas' fences.
+_FENCED = (
+    "SELECT k.t, k.s, coalesce(g.gen, 0),"
+    " (SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint)"
     " FROM unnest($1::text[], $2::text[]) AS k(t, s)"
     " LEFT JOIN cache_generations g ON g.tenant_id = k.t AND g.scope = k.s"
 )
@@ -75,6 +84,8 @@ class VersionReader:
         retry_after: seconds to wait before opening a failed connection again.
         lease: the reads' lease (``stores.lease``); none: every read asks.
         poll: seconds between polls while reads come (every second otherwise).
+        fences: with read replicas, the book each batch's generations and WAL
+            position go to (``stores.fences``).
     """
 
     def __init__(
@@ -85,8 +96,10 @@ class VersionReader:
         timeout: float = 1.0,
         lease: VersionLease | None = None,
         poll: float = 0.005,
+        fences: FenceBook | None = None,
     ) -> None:
         self._connect = connect
+        self._fences = fences
         self.lease = lease or VersionLease(0.0)
         self._poll_every = poll
         self._poller: asyncio.Task[None] | None = None
@@ -161,15 +174,21 @@ class VersionReader:
             conn = await self._connection()
             baseline = self.lease.xmin is not None
             sent = time.monotonic()
+            book = self._fences
+            batch = 0 if book is None else book.begin_batch()
             # A silent network would otherwise hold this batch, and every cached
             # read behind it, until TCP gives up minutes later.
             async with asyncio.timeout(self._timeout):
                 rows = await conn.fetch(
-                    _BATCH, [t for t, _ in keys], [s for _, s in keys]
+                    _BATCH if book is None else _FENCED,
+                    [t for t, _ in keys],
+                    [s for _, s in keys],
                 )
         self.batches += 1
         found = {(r[0], r[1]): int(r[2]) for r in rows}
         self.lease.observed(sent, baseline, found)
+        if book is not None and rows:
+            book.record(batch, int(rows[0][3]), found)
         return found
 
     async def _connection(self) -> Any:
@@ -292,13 +311,20 @@ async def open_version_reader(
     lease: float = 0.0,
     poll: float = 0.005,
     blind: bool = False,
+    fences: FenceBook | None = None,
 ) -> AsyncIterator[VersionReader]:
     """
     A version reader whose connection opens on first use and closes on exit;
     with a ``lease`` (seconds), reads answered from polled generations;
-    ``blind``: the other processes' connections cannot be counted (a pooler).
+    ``blind``: the other processes' connections cannot be counted (a pooler);
+    with ``fences``, its batches also feed the replicas' fences.
     """
-    reader = VersionReader(connect, lease=VersionLease(lease, blind=blind), poll=poll)
+    reader = VersionReader(
+        connect,
+        lease=VersionLease(lease, blind=blind),
+        poll=poll,
+        fences=fences,
+    )
     try:
         yield reader
     finally:
