@@ -504,6 +504,13 @@ class RoutedReads:
         self._replicas = replicas
         self._fences = fences
 
+    def peek(self, tenant: str, scope: str, operation: object) -> object:
+        """
+        ``operation``'s answer held in process (nothing is loaded, so nothing is
+        routed), or ``MISS``.
+        """
+        return self._reads.peek(tenant, scope, operation)
+
     async def read(
         self,
         tenant: str,

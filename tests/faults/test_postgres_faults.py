@@ -366,6 +366,11 @@ async def test_f10_exhausted_pool_is_resource_exhausted_promptly_and_not_retried
     db = await aresolve(proxied_container.database)
     size = db.metrics()["max_size"]
     tenants = ["t1", "t2"] * (size // 2)
+    # T0's day partition and the quota overrides loaded before the lock: within
+    # two hours after midnight T0 is yesterday, whose partition a first write
+    # creates (DDL that would wait on the lock with a pooled connection).
+    await write(lake, 0, "t1")
+    await write(lake, 1, "t2")
     conn = await admin(database, servers)
     try:
         tx = conn.transaction()
