@@ -396,7 +396,9 @@ async def test_deadline_exceeded_when_the_peer_is_slow(api):
 async def test_outbox_delivers_every_event_once_after_stream_outage(api):
     """Stream down during 1,000 writes: all succeed; once it is up, every event
     arrives exactly once, in order per tenant."""
-    for i in range(1000):
+    # 20 writers at a time: each write may wait the cache lease (other Lakes
+    # hold leases on this database), so one at a time took ~40 s.
+    async def upsert(i: int) -> None:
         tok = "token-a" if i % 2 else "token-b"
         await api.spatial.Upsert(
             lake_pb2.UpsertFeaturesRequest(
@@ -404,6 +406,9 @@ async def test_outbox_delivers_every_event_once_after_stream_outage(api):
             ),
             metadata=auth(tok),
         )
+
+    for start in range(0, 1000, 20):
+        await asyncio.gather(*(upsert(i) for i in range(start, start + 20)))
     failed = await api.manager.deliver_events()
     assert failed.failed  # stream is down: nothing delivered, nothing lost
     assert api.stream.events == []
