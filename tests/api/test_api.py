@@ -478,7 +478,7 @@ async def test_two_instances_share_the_relay_without_duplicates(
     """Two Lake instances relaying at once deliver every event exactly once."""
     from lake.container import aresolve, create_container
 
-    for i in range(300):
+    async def upsert(i: int) -> None:  # 20 at a time: a write may wait the lease
         tok = "token-a" if i % 2 else "token-b"
         await api.spatial.Upsert(
             lake_pb2.UpsertFeaturesRequest(
@@ -486,6 +486,9 @@ async def test_two_instances_share_the_relay_without_duplicates(
             ),
             metadata=auth(tok),
         )
+
+    for start in range(0, 300, 20):
+        await asyncio.gather(*(upsert(i) for i in range(start, start + 20)))
     peer = PeerServer(api.stream, api.stream_address)
     await peer.start()
     other = await aresolve(create_container(lake_settings).manager)
