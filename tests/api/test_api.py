@@ -396,6 +396,7 @@ async def test_deadline_exceeded_when_the_peer_is_slow(api):
 async def test_outbox_delivers_every_event_once_after_stream_outage(api):
     """Stream down during 1,000 writes: all succeed; once it is up, every event
     arrives exactly once, in order per tenant."""
+
     # 20 writers at a time: each write may wait the cache lease (other Lakes
     # hold leases on this database), so one at a time took ~40 s.
     async def upsert(i: int) -> None:
