@@ -32,7 +32,7 @@ from bench.grpc_path import (
 )
 from bench.run import bench_servers, rate, spread
 from lake.api.auth import _PRINCIPAL, Principal
-from lake.api.metering import METERED, MeteringInterceptor
+from lake.api.metering import MeteringInterceptor
 from lake.metering import OK, Meter, close_charge, open_charge, timed_db
 from lake.resources.embedded import Endpoint, free_port
 from lake.tokens import Scope
@@ -119,7 +119,7 @@ async def micro() -> None:
 
     plain = _Handler(behavior)
     interceptor = MeteringInterceptor(meter)
-    metered = interceptor._wrap(plain, METERED["/lake.v1.Spatial/Nearest"])
+    metered = interceptor.wrap(plain, "/lake.v1.Spatial/Nearest")
     context = _Context()
     _PRINCIPAL.set(Principal(tenant="acme", scope=Scope.WRITE))
 

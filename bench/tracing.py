@@ -182,7 +182,7 @@ async def _on() -> None:
         tracer = tracing.tracer
         assert tracer is not None
         interceptor = TracingInterceptor(tracer)
-        wrapped = interceptor._wrap(_Handler(_rpc(tracer)), "/lake.v1.Spatial/Nearest")
+        wrapped = interceptor.wrap(_Handler(_rpc(tracer)), "/lake.v1.Spatial/Nearest")
 
         async def traced(handler: Any = wrapped) -> Any:
             return await handler.unary_unary(b"", context)
