@@ -16,6 +16,11 @@ expected wait (its place in the tenant's queue x mean hold time / the tenant's
 cap) would outlast the caller's deadline; a queued caller that is not served
 within ``wait_s`` (the pool's acquire timeout) or its deadline gives up with the
 same error.
+
+The mean hold time describes the work of the last moments only: once no slot was
+released for ``estimate_s``, it is stale (a bulk import's long holds said nothing
+about the burst of reads after it, and refused most of it at once), so a caller
+waits instead of being refused on it, and the next release starts it anew.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ class GateSettings:
     max_queue_per_tenant: int = 256
     wait_s: float = 2.0
     active_s: float = 1.0
+    estimate_s: float = 1.0
 
 
 def _others(by_tenant: dict[str, Any], tenant: str) -> bool:
@@ -67,6 +73,7 @@ class FairGate:
         self.waiting = 0
         self.rejected = 0
         self._hold_s = 0.005  # mean hold time (EWMA), for the expected wait
+        self._released_at = float("-inf")  # perf_counter of the last release
         # The tenant that took a slot last, when, and when another did before it.
         self._last = ""
         self._last_at = float("-inf")
@@ -117,7 +124,12 @@ class FairGate:
         """
         Give back ``tenant``'s slot taken at ``taken``; hands it on to the next waiter.
         """
-        self._hold_s += 0.05 * ((time.perf_counter() - taken) - self._hold_s)
+        now = time.perf_counter()
+        if self._fresh(now):
+            self._hold_s += 0.05 * ((now - taken) - self._hold_s)
+        else:  # the old mean describes other work: start anew
+            self._hold_s = now - taken
+        self._released_at = now
         held = self._held.get(tenant, 1) - 1
         if held:
             self._held[tenant] = held
@@ -142,6 +154,10 @@ class FairGate:
 
     # --- internals -----------------------------------------------------------------
 
+    def _fresh(self, now: float) -> bool:
+        # Whether the mean hold time describes the last moments' work.
+        return now - self._released_at <= self.settings.estimate_s
+
     def _refuse(self, why: str, after: float) -> ResourceExhaustedError:
         self.rejected += 1
         return ResourceExhaustedError(f"database busy: {why}").after(after)
@@ -155,7 +171,9 @@ class FairGate:
             msg = "too many calls of this tenant waiting"
             raise self._refuse(msg, expected)
         left = deadline.remaining()
-        if left is not None and expected > left:
+        if left is not None and (
+            left <= 0 or (expected > left and self._fresh(time.perf_counter()))
+        ):
             msg = "no connection expected within the deadline"
             raise self._refuse(msg, expected)
         if queue is None:

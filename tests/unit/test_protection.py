@@ -288,6 +288,38 @@ async def test_fair_gate_refuses_at_once_past_the_queue_or_the_deadline() -> Non
     assert gate.active == 0
 
 
+async def test_fair_gate_refuses_on_a_fresh_estimate_of_long_holds() -> None:
+    """Just after 10 s holds, a caller whose deadline is shorter than the expected
+    wait is refused at once, without queueing."""
+    gate = FairGate(GateSettings(capacity=1, share=1.0, wait_s=5.0, estimate_s=60))
+    gate.release("a", await gate.acquire("a") - 10.0)  # a 10 s hold, just now
+    taken = await gate.acquire("a")
+    with deadline.deadline_scope(1.0), pytest.raises(ResourceExhaustedError):
+        await gate.acquire("a")
+    assert gate.rejected == 1
+    assert gate.waiting == 0
+    gate.release("a", taken)
+
+
+async def test_fair_gate_waits_instead_of_refusing_on_a_stale_estimate() -> None:
+    """Long holds long ago (a bulk import) do not refuse the burst of reads after
+    them: every caller waits for a slot, and the next release starts the mean
+    hold time anew."""
+    gate = FairGate(GateSettings(capacity=1, share=1.0, wait_s=5.0, estimate_s=0.0))
+    gate.release("a", await gate.acquire("a") - 10.0)  # a 10 s hold, now stale
+    taken = await gate.acquire("a")
+    with deadline.deadline_scope(1.0):
+        burst = [asyncio.create_task(gate.acquire("a")) for _ in range(20)]
+        await asyncio.sleep(0)
+    assert gate.waiting == 20
+    assert gate.rejected == 0
+    gate.release("a", taken)
+    for task in burst:
+        gate.release("a", await asyncio.wait_for(task, 5))
+    assert gate.rejected == 0
+    assert gate.snapshot()["mean_hold_ms"] < 1000  # the 10 s holds forgotten
+
+
 async def test_fair_gate_wait_ends_with_resource_exhausted() -> None:
     gate = FairGate(GateSettings(capacity=1, share=1.0, wait_s=0.01))
     taken = await gate.acquire("a")
