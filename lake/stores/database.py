@@ -475,6 +475,7 @@ class Database:
         reader = self._versions
         if reader is None:
             return
+        reader.start_polling()  # a process that only writes counts its peers too
         reader.lease.wrote(changed)
         wait = reader.lease.write_wait()
         if wait > 0:

@@ -134,8 +134,7 @@ class VersionReader:
             OSError, asyncpg errors: the connection failed (the caller falls back).
         """
         self.reads += 1
-        if self.lease.enabled and (self._poller is None or self._poller.done()):
-            self._poller = asyncio.create_task(self._keep_polling(), name="cache-poll")
+        self.start_polling()
         self._wake.set()  # a read that found no lease: poll at the fast pace
         self._pending[(tenant, scope)] = None
         if self._next is None:
@@ -148,6 +147,21 @@ class VersionReader:
         async with asyncio.timeout(self._timeout * 2):
             found = await asyncio.shield(future)
         return found[(tenant, scope)]
+
+    def start_polling(self) -> None:
+        """
+        Poll (and count the peers) from now on, with a lease; idempotent.
+
+        Started by the first read or write (the tables exist by then), not the
+        first read alone: until the peers are counted a write must assume they
+        hold leases, so a process that had not read yet (or only writes: an
+        ingest) waited the whole lease after every write, alone on its database
+        (ingest at 0.42 of COPY instead of 0.59).
+        """
+        if not self.lease.enabled or self._closed:
+            return
+        if self._poller is None or self._poller.done():
+            self._poller = asyncio.create_task(self._keep_polling(), name="cache-poll")
 
     async def _run(self) -> None:
         while self._next is not None:

@@ -53,6 +53,30 @@ async def test_write_on_one_instance_is_read_on_the_other_at_once(lake_settings)
         await b.stop()
 
 
+async def test_a_lake_that_only_writes_counts_its_peers(lake_settings):
+    """A Lake that only writes (an ingest) counts the other Lakes on its database
+    all the same: alone, its writes wait no lease after the first; once a second
+    Lake runs, they wait it."""
+    container, alone = await started(lake_settings)
+    reader = await container.versions()
+    lease = reader.lease
+    other = None
+    try:
+        await alone.coordinate(WritePoints("t1", "cpu", [Point(T0, 1.0)]))
+        await eventually(lambda: lease.peers == 0)
+        assert lease.write_wait() == 0.0
+        assert reader.stats()["reads"] == 0  # no read started the poller
+        _, other = await started(lake_settings)
+        # Its version connection opens with its first write (or read).
+        await other.coordinate(WritePoints("t1", "cpu", [Point(T0, 2.0)]))
+        await eventually(lambda: lease.peers == 1)
+        assert lease.write_wait() == lease.lease > 0
+    finally:
+        await alone.stop()
+        if other is not None:
+            await other.stop()
+
+
 async def _leased_pair(settings):
     """Two instances whose leases are warm and which have counted each other."""
     (ca, a), (cb, b) = await started(settings), await started(settings)
