@@ -397,8 +397,8 @@ async def test_outbox_delivers_every_event_once_after_stream_outage(api):
     """Stream down during 1,000 writes: all succeed; once it is up, every event
     arrives exactly once, in order per tenant."""
 
-    # 20 writers at a time: each write may wait the cache lease (other Lakes
-    # hold leases on this database), so one at a time took ~40 s.
+    # 20 writers at a time: a write may wait the cache lease (30 ms) while other
+    # Lakes share the database, so one at a time could take most of a minute.
     async def upsert(i: int) -> None:
         tok = "token-a" if i % 2 else "token-b"
         await api.spatial.Upsert(
