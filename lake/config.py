@@ -244,7 +244,11 @@ def _validators(profile: str) -> list[Validator]:
             is_type_of=(int, float),
             gte=0,
         ),
-        *_each("protection.timeouts.enabled", is_type_of=bool),
+        *_each(
+            "protection.timeouts.enabled",
+            "protection.fair_share.by_time",
+            is_type_of=bool,
+        ),
         *_each("usage.max_rows", is_type_of=int, gte=1),
         *_each("usage.enabled", is_type_of=bool),
         *_each(

@@ -390,6 +390,7 @@ class Container(containers.DeclarativeContainer):
             share=config.protection.fair_share.share,
             max_queue_per_tenant=config.protection.fair_share.max_queue_per_tenant,
             wait_s=config.postgres.acquire_timeout,
+            by_time=config.protection.fair_share.by_time,
         ),
     )
     database = providers.Singleton(

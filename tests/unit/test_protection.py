@@ -320,6 +320,54 @@ async def test_fair_gate_waits_instead_of_refusing_on_a_stale_estimate() -> None
     assert gate.snapshot()["mean_hold_ms"] < 1000  # the 10 s holds forgotten
 
 
+async def _holds(gate: FairGate, tenant: str, seconds: float) -> None:
+    # One call of ``tenant`` that held its slot ``seconds``.
+    gate.release(tenant, await gate.acquire(tenant) - seconds)
+
+
+async def test_fair_gate_weighs_the_share_by_hold_time() -> None:
+    """While a light tenant is active, a tenant whose calls hold a slot 60 times
+    longer may hold one slot, not half the pool; the light one keeps its half."""
+    gate = FairGate(GateSettings(capacity=10, share=0.5, wait_s=5.0))
+    await _holds(gate, "heavy", 0.060)
+    await _holds(gate, "light", 0.001)
+    heavy = [await gate.acquire("heavy")]
+    waiting = asyncio.create_task(gate.acquire("heavy"))
+    await asyncio.sleep(0)
+    assert gate.waiting == 1  # a second heavy call waits with 9 slots free
+    light = [await gate.acquire("light") for _ in range(5)]
+    assert gate.active == 6
+    gate.release("heavy", heavy.pop())
+    heavy.append(await asyncio.wait_for(waiting, 5))
+    for taken in light:
+        gate.release("light", taken)
+    gate.release("heavy", heavy.pop())
+    assert gate.active == 0
+
+
+async def test_fair_gate_by_count_when_by_time_is_off() -> None:
+    """With by_time off, the heavy tenant holds half the pool like anyone."""
+    gate = FairGate(GateSettings(capacity=10, share=0.5, wait_s=5.0, by_time=False))
+    await _holds(gate, "heavy", 0.060)
+    await _holds(gate, "light", 0.001)
+    light = await gate.acquire("light")
+    heavy = [await gate.acquire("heavy") for _ in range(5)]
+    assert gate.waiting == 0
+    for taken in heavy:
+        gate.release("heavy", taken)
+    gate.release("light", light)
+
+
+async def test_fair_gate_heavy_tenant_alone_takes_the_whole_pool() -> None:
+    """Weighing applies only while tenants share: alone, heavy calls use it all."""
+    gate = FairGate(GateSettings(capacity=4, share=0.5, wait_s=5.0, active_s=0.0))
+    await _holds(gate, "heavy", 0.060)
+    heavy = [await gate.acquire("heavy") for _ in range(4)]
+    assert gate.waiting == 0
+    for taken in heavy:
+        gate.release("heavy", taken)
+
+
 async def test_fair_gate_wait_ends_with_resource_exhausted() -> None:
     gate = FairGate(GateSettings(capacity=1, share=1.0, wait_s=0.01))
     taken = await gate.acquire("a")
