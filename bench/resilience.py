@@ -38,7 +38,7 @@ from dependency_injector import providers
 from bench.run import bench_servers, rate, spread
 from lake.config import load_settings
 from lake.container import Container, aresolve, create_container
-from lake.errors import CircuitOpenError, LakeError
+from lake.errors import CircuitOpenError, LakeError, TransientError
 from lake.logs import configure_logging
 from lake.manager import ServiceManager
 from lake.mesh.peers import CortexPeer, PeerServer
@@ -270,7 +270,15 @@ async def fairness_round(
 
     async def flood() -> None:
         while not stop.is_set():
-            await _settled(manager.coordinate(flood_op(next(unique))))
+            try:
+                await manager.coordinate(flood_op(next(unique)))
+            except TransientError as exc:
+                # A refused client waits out the pushback, as gRPC's retry policy
+                # does with grpc-retry-pushback-ms; spinning on instant refusals
+                # would measure the flood's own CPU in Lake, not the share.
+                await asyncio.sleep(min(exc.retry_after_s or 0.0, 1.0))
+            except LakeError:
+                pass
             await asyncio.sleep(0)  # a client's next call comes over the network
 
     flooders = [asyncio.create_task(flood()) for _ in range(64)]
