@@ -61,6 +61,11 @@ class GateSettings:
     by_time: bool = True
 
 
+# Holds measured before a tenant's mean is weighed: one slow first call (a
+# partition created, a cold cache) must not mark a tenant heavy.
+_WEIGH_AFTER = 8
+
+
 def _others(by_tenant: dict[str, Any], tenant: str) -> bool:
     # Whether a tenant other than ``tenant`` (and other than Lake itself) is in.
     n = len(by_tenant) - (tenant in by_tenant) - ("" in by_tenant)
@@ -83,8 +88,9 @@ class FairGate:
         self.rejected = 0
         self._hold_s = 0.005  # mean hold time (EWMA), for the expected wait
         self._released_at = float("-inf")  # perf_counter of the last release
-        # Per tenant: [mean hold s, last taken (monotonic)]; and, recomputed at
-        # most every 0.1 s, the two lightest active tenants' (hold, tenant).
+        # Per tenant: [mean hold s, last taken (monotonic), holds measured]; and,
+        # recomputed at most every 0.1 s, the two lightest active tenants' (hold,
+        # tenant) among those measured _WEIGH_AFTER times.
         self._tenants: dict[str, list[float]] = {}
         self._lightest: tuple[tuple[float, str], ...] = ()
         self._lightest_at = float("-inf")
@@ -133,7 +139,7 @@ class FairGate:
         if not self.settings.by_time:
             return self._cap
         own = self._tenants.get(tenant)
-        if own is None or own[0] <= 0.0:
+        if own is None or own[2] < _WEIGH_AFTER:
             return self._cap
         lightest = self._lightest_now()
         ref = next((hold for hold, name in lightest if name != tenant), None)
@@ -147,7 +153,9 @@ class FairGate:
             return self._lightest
         recent = now - self.settings.active_s
         active = [
-            (e[0], t) for t, e in self._tenants.items() if e[1] > recent and e[0] > 0
+            (e[0], t)
+            for t, e in self._tenants.items()
+            if e[1] > recent and e[2] >= _WEIGH_AFTER
         ]
         if len(self._tenants) > 4 * max(len(active), 1024):  # forget the idle
             self._tenants = {t: e for t, e in self._tenants.items() if e[1] > recent}
@@ -161,7 +169,7 @@ class FairGate:
         now = time.monotonic()
         entry = self._tenants.get(tenant)
         if entry is None:
-            self._tenants[tenant] = [0.0, now]
+            self._tenants[tenant] = [0.0, now, 0]
         else:
             entry[1] = now
         if tenant != self._last:
@@ -182,11 +190,10 @@ class FairGate:
         entry = self._tenants.get(tenant)
         if entry is not None:
             sample = now - taken
-            if entry[0] <= 0.0:  # its first: the lightest may have changed
-                entry[0] = sample
+            entry[0] = sample if not entry[2] else entry[0] + 0.1 * (sample - entry[0])
+            entry[2] += 1
+            if entry[2] == _WEIGH_AFTER:  # the lightest may have changed
                 self._lightest_at = float("-inf")
-            else:
-                entry[0] += 0.1 * (sample - entry[0])
         held = self._held.get(tenant, 1) - 1
         if held:
             self._held[tenant] = held

@@ -38,11 +38,22 @@ async def test_bulk_loaded_features_are_analyzed_and_use_their_index(
             assert count in (0, 1), count  # once, never per batch
             return bool(count)
 
-        # The ANALYZE runs in the background: wait for it.
+        plan = ""
+
+        async def indexed() -> bool:
+            nonlocal plan
+            plan = "\n".join(r[0] for r in await conn.fetch(NEAREST_PLAN))
+            return "features_earth_idx" in plan
+
+        # The ANALYZE runs in the background: wait for it, then for its
+        # statistics (its count can show before its transaction commits).
         await eventually(analyzed, every=0.02)
-        plan = "\n".join(r[0] for r in await conn.fetch(NEAREST_PLAN))
+        try:
+            await eventually(indexed, within=5.0, every=0.02)
+        except AssertionError:
+            raise AssertionError(plan) from None
+        assert await analyzed()  # still once
     finally:
         await conn.close()
-    assert "features_earth_idx" in plan, plan
     found = await manager.coordinate(FeaturesNearest("t1", 10.0, 50.0, k=10))
     assert len(found) == 10

@@ -320,9 +320,10 @@ async def test_fair_gate_waits_instead_of_refusing_on_a_stale_estimate() -> None
     assert gate.snapshot()["mean_hold_ms"] < 1000  # the 10 s holds forgotten
 
 
-async def _holds(gate: FairGate, tenant: str, seconds: float) -> None:
-    # One call of ``tenant`` that held its slot ``seconds``.
-    gate.release(tenant, await gate.acquire(tenant) - seconds)
+async def _holds(gate: FairGate, tenant: str, seconds: float, n: int = 8) -> None:
+    # ``n`` calls of ``tenant`` that held their slot ``seconds`` each.
+    for _ in range(n):
+        gate.release(tenant, await gate.acquire(tenant) - seconds)
 
 
 async def test_fair_gate_weighs_the_share_by_hold_time() -> None:
@@ -343,6 +344,20 @@ async def test_fair_gate_weighs_the_share_by_hold_time() -> None:
         gate.release("light", taken)
     gate.release("heavy", heavy.pop())
     assert gate.active == 0
+
+
+async def test_fair_gate_weighs_no_tenant_on_a_few_holds() -> None:
+    """One slow first call (a partition created) does not mark a tenant heavy:
+    under eight measured holds it keeps the plain share."""
+    gate = FairGate(GateSettings(capacity=10, share=0.5, wait_s=5.0))
+    await _holds(gate, "heavy", 0.060, n=7)
+    await _holds(gate, "light", 0.001)
+    light = await gate.acquire("light")
+    heavy = [await gate.acquire("heavy") for _ in range(5)]
+    assert gate.waiting == 0
+    for taken in heavy:
+        gate.release("heavy", taken)
+    gate.release("light", light)
 
 
 async def test_fair_gate_by_count_when_by_time_is_off() -> None:
