@@ -219,6 +219,67 @@ async def run(args: argparse.Namespace, pg: Endpoint, redis: Endpoint) -> None:
         )
 
 
+async def run_h2load(args: argparse.Namespace, pg: Endpoint, redis: Endpoint) -> None:
+    """
+    The echo, the floor and a cached Spatial.Nearest loaded by h2load (a C client
+    that leaves the server its core), interleaved rounds of ``--seconds`` each:
+    calls/s and the server's CPU per call (every call checked: h2load counts
+    successes, and gRPC's own errors would show as failed calls in lake status).
+    """
+    lake_port, echo_port = free_port(), free_port()
+    with (
+        process(["-m", "lake", "serve"], lake_env(pg, redis, lake_port)) as lake,
+        process(["-m", "bench.echo", str(echo_port)], dict(os.environ)) as echo,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
+        lake_target, echo_target = f"127.0.0.1:{lake_port}", f"127.0.0.1:{echo_port}"
+        await wait_serving(lake_target, "lake.ready")
+        async with grpc.aio.insecure_channel(lake_target) as channel:
+            await load(lake_pb2_grpc.SpatialStub(channel), args.features)
+        nearest = Path(tmp) / "nearest.bin"
+        nearest.write_bytes(grpc_frame(where(3)))
+        payload = Path(tmp) / "echo.bin"
+        payload.write_bytes(b"\x00" + struct.pack(">I", 64) + b"x" * 64)
+        paths = {
+            "echo": (echo_target, payload, "/bench.Echo/Echo", echo.pid),
+            "floor": (echo_target, nearest, "/lake.v1.Spatial/Nearest", echo.pid),
+            "hit": (lake_target, nearest, "/lake.v1.Spatial/Nearest", lake.pid),
+        }
+        connections = 8
+        streams = max(1, args.in_flight // connections)
+        qps: dict[str, list[float]] = {name: [] for name in paths}
+        cpu: dict[str, list[float]] = {name: [] for name in paths}
+        _, failures = await nearest_counts(lake_target)
+        for round_no in range(args.rounds + 1):  # the first warms up (the lease)
+            for name, (target, body, path, pid) in paths.items():
+                before = cpu_seconds(pid)
+                rate, done = await asyncio.to_thread(
+                    h2load_run,
+                    target,
+                    body,
+                    [f"-D{args.seconds}"],
+                    connections,
+                    streams,
+                    path=path,
+                )
+                if round_no:
+                    qps[name].append(rate)
+                    cpu[name].append((cpu_seconds(pid) - before) / done * 1e6)
+        _, failed = await nearest_counts(lake_target)
+        if failed != failures:
+            msg = f"Lake failed {failed - failures} calls"
+            raise RuntimeError(msg)
+    head = f"gRPC by h2load, {connections} connections x {streams} streams"
+    print(f"\n{head}, {args.rounds} rounds of {args.seconds} s")
+    print("  path   calls/s median (min-max)   server CPU us/call   ratio to echo")
+    for name in paths:
+        ratios = [a / b for a, b in zip(qps[name], qps["echo"], strict=True)]
+        print(
+            f"  {name:<6} {spread(qps[name], 0):<26} {spread(cpu[name], 0):<20}"
+            f" {spread(ratios)}"
+        )
+
+
 async def compare_workers(
     args: argparse.Namespace, pg: Endpoint, redis: Endpoint
 ) -> None:
@@ -329,6 +390,7 @@ def h2load_run(
     streams: int,
     *,
     expect: int | None = None,
+    path: str = "/lake.v1.Spatial/Nearest",
 ) -> tuple[float, int]:
     """
     Spatial.Nearest calls sent by h2load, ``how`` many (``-n1000``, or
@@ -350,7 +412,7 @@ def h2load_run(
             "te: trailers",
             "-H",
             f"authorization: Bearer {TOKEN}",
-            f"http://{target}/lake.v1.Spatial/Nearest",
+            f"http://{target}{path}",
         ],
         capture_output=True,
         text=True,
@@ -455,13 +517,18 @@ def main() -> None:
     parser.add_argument(
         "--h2load",
         action="store_true",
-        help="With --compare-workers: load with h2load (apt install nghttp2-client).",
+        help="Load with h2load instead of a Python client (apt install"
+        " nghttp2-client): the echo, the floor and cached reads, or with"
+        " --compare-workers 1 worker against 2.",
+    )
+    parser.add_argument(
+        "--seconds", type=int, default=5, help="With --h2load: seconds a round."
     )
     args = parser.parse_args()
     with bench_servers() as (pg, redis):
         job = compare_workers if args.compare_workers else run
-        if args.compare_workers and args.h2load:
-            job = compare_workers_h2load
+        if args.h2load:
+            job = compare_workers_h2load if args.compare_workers else run_h2load
         asyncio.run(job(args, pg, redis))
 
 
