@@ -346,24 +346,20 @@ async def test_fair_gate_weighs_the_share_by_hold_time() -> None:
     assert gate.active == 0
 
 
-async def test_fair_gate_weighs_no_tenant_on_a_few_holds() -> None:
-    """One slow first call (a partition created) does not mark a tenant heavy:
-    under eight measured holds it keeps the plain share."""
-    gate = FairGate(GateSettings(capacity=10, share=0.5, wait_s=5.0))
-    await _holds(gate, "heavy", 0.060, n=7)
-    await _holds(gate, "light", 0.001)
-    light = await gate.acquire("light")
-    heavy = [await gate.acquire("heavy") for _ in range(5)]
-    assert gate.waiting == 0
-    for taken in heavy:
-        gate.release("heavy", taken)
-    gate.release("light", light)
-
-
-async def test_fair_gate_by_count_when_by_time_is_off() -> None:
-    """With by_time off, the heavy tenant holds half the pool like anyone."""
-    gate = FairGate(GateSettings(capacity=10, share=0.5, wait_s=5.0, by_time=False))
-    await _holds(gate, "heavy", 0.060)
+@pytest.mark.parametrize(
+    ("by_time", "heavy_holds"),
+    [
+        pytest.param(True, 7, id="under eight holds measured"),
+        pytest.param(False, 8, id="by_time off"),
+    ],
+)
+async def test_fair_gate_keeps_the_plain_share(by_time: bool, heavy_holds: int) -> None:
+    """With by_time off, or under eight measured holds (one slow first call, a
+    partition created, must not mark a tenant heavy), a heavy tenant holds half
+    the pool like anyone."""
+    settings = GateSettings(capacity=10, share=0.5, wait_s=5.0, by_time=by_time)
+    gate = FairGate(settings)
+    await _holds(gate, "heavy", 0.060, n=heavy_holds)
     await _holds(gate, "light", 0.001)
     light = await gate.acquire("light")
     heavy = [await gate.acquire("heavy") for _ in range(5)]
