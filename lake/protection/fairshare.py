@@ -66,6 +66,27 @@ class GateSettings:
 _WEIGH_AFTER = 8
 
 
+@dataclass(slots=True)
+class _Use:
+    """
+    One tenant's use of the slots: its mean hold time, when it last took a slot.
+    """
+
+    last_at: float  # monotonic
+    hold_s: float = 0.0  # mean (EWMA) of the holds measured
+    holds: int = 0
+
+    def measured(self, sample: float) -> None:
+        self.hold_s = (
+            sample if not self.holds else self.hold_s + 0.1 * (sample - self.hold_s)
+        )
+        self.holds += 1
+
+    @property
+    def weighed(self) -> bool:
+        return self.holds >= _WEIGH_AFTER
+
+
 def _others(by_tenant: dict[str, Any], tenant: str) -> bool:
     # Whether a tenant other than ``tenant`` (and other than Lake itself) is in.
     n = len(by_tenant) - (tenant in by_tenant) - ("" in by_tenant)
@@ -88,10 +109,9 @@ class FairGate:
         self.rejected = 0
         self._hold_s = 0.005  # mean hold time (EWMA), for the expected wait
         self._released_at = float("-inf")  # perf_counter of the last release
-        # Per tenant: [mean hold s, last taken (monotonic), holds measured]; and,
-        # recomputed at most every 0.1 s, the two lightest active tenants' (hold,
-        # tenant) among those measured _WEIGH_AFTER times.
-        self._tenants: dict[str, list[float]] = {}
+        # Each tenant's use; and, recomputed at most every 0.1 s, the two
+        # lightest active tenants' (hold, tenant) among those weighed.
+        self._tenants: dict[str, _Use] = {}
         self._lightest: tuple[tuple[float, str], ...] = ()
         self._lightest_at = float("-inf")
         # The tenant that took a slot last, when, and when another did before it.
@@ -127,11 +147,17 @@ class FairGate:
         """
         if not tenant:
             return self._cap
-        if _others(self._held, tenant) or _others(self._queues, tenant):
-            return self._weighed(tenant)
-        recent = time.monotonic() - self.settings.active_s
+        sharing = (
+            _others(self._held, tenant)
+            or _others(self._queues, tenant)
+            or self._other_took_lately(tenant)
+        )
+        return self._weighed(tenant) if sharing else self.capacity
+
+    def _other_took_lately(self, tenant: str) -> bool:
+        # Whether another tenant took a slot in the last ``active_s`` seconds.
         other = self._last_at if tenant != self._last else self._other_at
-        return self._weighed(tenant) if other > recent else self.capacity
+        return other > time.monotonic() - self.settings.active_s
 
     def _weighed(self, tenant: str) -> int:
         # The share, weighed by the tenant's hold time against the lightest other
@@ -139,13 +165,13 @@ class FairGate:
         if not self.settings.by_time:
             return self._cap
         own = self._tenants.get(tenant)
-        if own is None or own[2] < _WEIGH_AFTER:
+        if own is None or not own.weighed:
             return self._cap
         lightest = self._lightest_now()
         ref = next((hold for hold, name in lightest if name != tenant), None)
-        if ref is None or ref >= own[0]:
+        if ref is None or ref >= own.hold_s:
             return self._cap
-        return max(1, min(self._cap, int(self._cap * ref / own[0])))
+        return max(1, min(self._cap, int(self._cap * ref / own.hold_s)))
 
     def _lightest_now(self) -> tuple[tuple[float, str], ...]:
         now = time.monotonic()
@@ -153,12 +179,14 @@ class FairGate:
             return self._lightest
         recent = now - self.settings.active_s
         active = [
-            (e[0], t)
-            for t, e in self._tenants.items()
-            if e[1] > recent and e[2] >= _WEIGH_AFTER
+            (use.hold_s, t)
+            for t, use in self._tenants.items()
+            if use.last_at > recent and use.weighed
         ]
         if len(self._tenants) > 4 * max(len(active), 1024):  # forget the idle
-            self._tenants = {t: e for t, e in self._tenants.items() if e[1] > recent}
+            self._tenants = {
+                t: use for t, use in self._tenants.items() if use.last_at > recent
+            }
         self._lightest = tuple(sorted(active)[:2])
         self._lightest_at = now
         return self._lightest
@@ -167,11 +195,11 @@ class FairGate:
         if not tenant:
             return
         now = time.monotonic()
-        entry = self._tenants.get(tenant)
-        if entry is None:
-            self._tenants[tenant] = [0.0, now, 0]
+        use = self._tenants.get(tenant)
+        if use is None:
+            self._tenants[tenant] = _Use(last_at=now)
         else:
-            entry[1] = now
+            use.last_at = now
         if tenant != self._last:
             self._other_at = self._last_at
             self._last = tenant
@@ -182,17 +210,16 @@ class FairGate:
         Give back ``tenant``'s slot taken at ``taken``; hands it on to the next waiter.
         """
         now = time.perf_counter()
+        sample = now - taken
         if self._fresh(now):
-            self._hold_s += 0.05 * ((now - taken) - self._hold_s)
+            self._hold_s += 0.05 * (sample - self._hold_s)
         else:  # the old mean describes other work: start anew
-            self._hold_s = now - taken
+            self._hold_s = sample
         self._released_at = now
-        entry = self._tenants.get(tenant)
-        if entry is not None:
-            sample = now - taken
-            entry[0] = sample if not entry[2] else entry[0] + 0.1 * (sample - entry[0])
-            entry[2] += 1
-            if entry[2] == _WEIGH_AFTER:  # the lightest may have changed
+        use = self._tenants.get(tenant)
+        if use is not None:
+            use.measured(sample)
+            if use.holds == _WEIGH_AFTER:  # the lightest may have changed
                 self._lightest_at = float("-inf")
         held = self._held.get(tenant, 1) - 1
         if held:
