@@ -393,12 +393,13 @@ async def test_deadline_exceeded_when_the_peer_is_slow(api):
     assert loop.time() - started < 2.0
 
 
-async def test_outbox_delivers_every_event_once_after_stream_outage(api):
-    """Stream down during 1,000 writes: all succeed; once it is up, every event
-    arrives exactly once, in order per tenant."""
+async def upsert_one_by_one(api, n: int) -> None:
+    """
+    ``n`` features upserted one per call, alternating two tenants, 20 calls at a
+    time (a write waits the cache lease, 30 ms, while other Lakes share the
+    database: one at a time could take most of a minute).
+    """
 
-    # 20 writers at a time: a write may wait the cache lease (30 ms) while other
-    # Lakes share the database, so one at a time could take most of a minute.
     async def upsert(i: int) -> None:
         tok = "token-a" if i % 2 else "token-b"
         await api.spatial.Upsert(
@@ -408,8 +409,14 @@ async def test_outbox_delivers_every_event_once_after_stream_outage(api):
             metadata=auth(tok),
         )
 
-    for start in range(0, 1000, 20):
-        await asyncio.gather(*(upsert(i) for i in range(start, start + 20)))
+    for start in range(0, n, 20):
+        await asyncio.gather(*(upsert(i) for i in range(start, min(start + 20, n))))
+
+
+async def test_outbox_delivers_every_event_once_after_stream_outage(api):
+    """Stream down during 1,000 writes: all succeed; once it is up, every event
+    arrives exactly once, in order per tenant."""
+    await upsert_one_by_one(api, 1000)
     failed = await api.manager.deliver_events()
     assert failed.failed  # stream is down: nothing delivered, nothing lost
     assert api.stream.events == []
@@ -479,17 +486,7 @@ async def test_two_instances_share_the_relay_without_duplicates(
     """Two Lake instances relaying at once deliver every event exactly once."""
     from lake.container import aresolve, create_container
 
-    async def upsert(i: int) -> None:  # 20 at a time: a write may wait the lease
-        tok = "token-a" if i % 2 else "token-b"
-        await api.spatial.Upsert(
-            lake_pb2.UpsertFeaturesRequest(
-                features=[lake_pb2.Feature(id=f"f{i}", lon=1, lat=1)]
-            ),
-            metadata=auth(tok),
-        )
-
-    for start in range(0, 300, 20):
-        await asyncio.gather(*(upsert(i) for i in range(start, start + 20)))
+    await upsert_one_by_one(api, 300)
     peer = PeerServer(api.stream, api.stream_address)
     await peer.start()
     other = await aresolve(create_container(lake_settings).manager)

@@ -31,6 +31,7 @@ from lake.protection import (
     RetryBudget,
     TimeoutSettings,
 )
+from tests.waiting import eventually
 
 
 class Clock:
@@ -310,8 +311,7 @@ async def test_fair_gate_waits_instead_of_refusing_on_a_stale_estimate() -> None
     taken = await gate.acquire("a")
     with deadline.deadline_scope(1.0):
         burst = [asyncio.create_task(gate.acquire("a")) for _ in range(20)]
-        await asyncio.sleep(0)
-    assert gate.waiting == 20
+    await eventually(lambda: gate.waiting == 20)
     assert gate.rejected == 0
     gate.release("a", taken)
     for task in burst:
@@ -334,8 +334,8 @@ async def test_fair_gate_weighs_the_share_by_hold_time() -> None:
     await _holds(gate, "light", 0.001)
     heavy = [await gate.acquire("heavy")]
     waiting = asyncio.create_task(gate.acquire("heavy"))
-    await asyncio.sleep(0)
-    assert gate.waiting == 1  # a second heavy call waits with 9 slots free
+    await eventually(lambda: gate.waiting == 1)  # waits with 9 slots free
+    assert not waiting.done()
     light = [await gate.acquire("light") for _ in range(5)]
     assert gate.active == 6
     gate.release("heavy", heavy.pop())
