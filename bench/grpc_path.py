@@ -206,11 +206,19 @@ async def run(args: argparse.Namespace, pg: Endpoint, redis: Endpoint) -> None:
                     qps[name].append(await rate(args.calls, call, args.in_flight))
                     cpu[name].append((cpu_seconds(pid) - before) / args.calls * 1e6)
     print(f"\ngRPC, {args.in_flight} calls in flight, {args.rounds} rounds")
+    report_paths(qps, cpu)
+
+
+def report_paths(qps: dict[str, list[float]], cpu: dict[str, list[float]]) -> None:
+    """
+    Each path's calls/s and server CPU per call, and its per-round ratios to the
+    echo and to the floor.
+    """
     print(
         "  path   calls/s median (min-max)   server CPU us/call   ratio to echo"
         "       ratio to floor"
     )
-    for name in paths:
+    for name in qps:
         ratios = [a / b for a, b in zip(qps[name], qps["echo"], strict=True)]
         floors = [a / b for a, b in zip(qps[name], qps["floor"], strict=True)]
         print(
@@ -239,7 +247,7 @@ async def run_h2load(args: argparse.Namespace, pg: Endpoint, redis: Endpoint) ->
         nearest = Path(tmp) / "nearest.bin"
         nearest.write_bytes(grpc_frame(where(3)))
         payload = Path(tmp) / "echo.bin"
-        payload.write_bytes(b"\x00" + struct.pack(">I", 64) + b"x" * 64)
+        payload.write_bytes(frame(b"x" * 64))
         paths = {
             "echo": (echo_target, payload, "/bench.Echo/Echo", echo.pid),
             "floor": (echo_target, nearest, "/lake.v1.Spatial/Nearest", echo.pid),
@@ -271,13 +279,7 @@ async def run_h2load(args: argparse.Namespace, pg: Endpoint, redis: Endpoint) ->
             raise RuntimeError(msg)
     head = f"gRPC by h2load, {connections} connections x {streams} streams"
     print(f"\n{head}, {args.rounds} rounds of {args.seconds} s")
-    print("  path   calls/s median (min-max)   server CPU us/call   ratio to echo")
-    for name in paths:
-        ratios = [a / b for a, b in zip(qps[name], qps["echo"], strict=True)]
-        print(
-            f"  {name:<6} {spread(qps[name], 0):<26} {spread(cpu[name], 0):<20}"
-            f" {spread(ratios)}"
-        )
+    report_paths(qps, cpu)
 
 
 async def compare_workers(
@@ -342,9 +344,16 @@ async def compare_workers(
 
 def grpc_frame(message: Any) -> bytes:
     """
-    One gRPC message as it goes on the wire: not compressed, length, bytes.
+    One protobuf message as it goes on the wire (``frame``).
     """
     body: bytes = message.SerializeToString()
+    return frame(body)
+
+
+def frame(body: bytes) -> bytes:
+    """
+    One gRPC message as it goes on the wire: not compressed, length, bytes.
+    """
     return b"\x00" + struct.pack(">I", len(body)) + body
 
 
