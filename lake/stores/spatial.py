@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from operator import attrgetter
 from typing import Any
 
 from lake.models import SPATIAL_SCOPE, Feature, FeatureMatch
@@ -46,9 +47,12 @@ class PgSpatialStore:
         """
         Insert or replace ``features`` by id; return how many were written.
         """
+        # In id order (a stable sort: of one id repeated, the last still wins): two
+        # upserts of the same ids lock their rows in the same order, so they queue
+        # rather than deadlock.
         rows = [
             (tenant, f.id, float(f.lon), float(f.lat), json.dumps(f.properties))
-            for f in features
+            for f in sorted(features, key=attrgetter("id"))
         ]
         ids = list({f.id for f in features})
         async with self._db.transaction(tenant) as conn:

@@ -271,7 +271,11 @@ class PgTimeSeriesStore:
                 )
             else:
                 grouped[key] = (metric, tags, records, first, last)
-        batches = list(grouped.values())
+        # In key order: two writes naming the same series lock their rows (the
+        # scope's cache generation, the points' index entries) in the same order,
+        # so they queue rather than deadlock (PostgreSQL would take its whole
+        # deadlock_timeout, a second, to find that and fail one of them).
+        batches = [grouped[key] for key in sorted(grouped)]
         await self._ensure_days(days)
         sids = [
             await self._series_id(tenant, metric, _tags_json(tags))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 from pgvector import Vector
@@ -163,9 +164,11 @@ class PgVectorStore:
             _check_dim(len(item.vector), known.collection, f"items[{i}].vector")
 
         def encode() -> list[tuple[str, Vector, str]]:
+            # In id order: two upserts of the same ids lock their rows in the same
+            # order, so they queue rather than deadlock.
             return [
                 (it.id, Vector(list(it.vector)), json.dumps(it.metadata))
-                for it in items
+                for it in sorted(items, key=attrgetter("id"))
             ]
 
         # Building a Vector (a numpy array) costs ~30 us per 1,000 values: a big
