@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -165,11 +166,22 @@ async def version() -> str:
     return "ns:1"
 
 
-async def test_one_load_per_key_at_a_time(servers):
-    """Twenty concurrent misses of one key run the loader once (no stampede)."""
+@asynccontextmanager
+async def session_cache(servers) -> AsyncIterator[tuple[aioredis.Redis, RedisCache]]:
+    """A cache on the session's Redis. Its background write-backs finish before the
+    client closes: one left running would open a connection the close never sees."""
     endpoint = servers["redis"]
     client = aioredis.Redis.from_url(endpoint.url, password=endpoint.password)
     cache = RedisCache(client, timeout=0.5)
+    try:
+        yield client, cache
+    finally:
+        await cache.drain()
+        await client.aclose()
+
+
+async def test_one_load_per_key_at_a_time(servers):
+    """Twenty concurrent misses of one key run the loader once (no stampede)."""
     calls = 0
 
     async def load() -> list[int]:
@@ -179,19 +191,16 @@ async def test_one_load_per_key_at_a_time(servers):
         return [1, 2, 3]
 
     key = f"lake:test:{time.monotonic_ns()}"
-    results = await asyncio.gather(
-        *(cache.read_through(key, version, load, bytes, list) for _ in range(20))
-    )
-    await client.aclose()
+    async with session_cache(servers) as (_, cache):
+        results = await asyncio.gather(
+            *(cache.read_through(key, version, load, bytes, list) for _ in range(20))
+        )
     assert calls == 1
     assert results == [[1, 2, 3]] * 20
 
 
 async def test_a_cancelled_loader_does_not_fail_the_waiters(servers):
     """When the caller that loads is cancelled, a waiter loads for itself."""
-    endpoint = servers["redis"]
-    client = aioredis.Redis.from_url(endpoint.url, password=endpoint.password)
-    cache = RedisCache(client, timeout=0.5)
     gate, loading = asyncio.Event(), asyncio.Event()
     fast_loads = 0
 
@@ -206,36 +215,28 @@ async def test_a_cancelled_loader_does_not_fail_the_waiters(servers):
         return [7]
 
     key = f"lake:test:{time.monotonic_ns()}"
-    leader = asyncio.create_task(cache.read_through(key, version, slow, bytes, list))
-    await loading.wait()  # the leader holds the flight
-    waiter = asyncio.create_task(cache.read_through(key, version, fast, bytes, list))
-    # The waiter counts its miss and then, without yielding, waits on the
-    # leader's flight: once both misses are counted, it is waiting.
-    await eventually(lambda: cache.misses == 2, within=5.0, every=0.001)
-    assert fast_loads == 0  # it waited rather than loading itself
-    leader.cancel()
-    assert await waiter == [7]
-    assert fast_loads == 1  # the leader's cancellation made it load for itself
-    await client.aclose()
+    async with session_cache(servers) as (_, cache):
+        leader = asyncio.create_task(
+            cache.read_through(key, version, slow, bytes, list)
+        )
+        await loading.wait()  # the leader holds the flight
+        waiter = asyncio.create_task(
+            cache.read_through(key, version, fast, bytes, list)
+        )
+        # The waiter counts its miss and then, without yielding, waits on the
+        # leader's flight: once both misses are counted, it is waiting.
+        await eventually(lambda: cache.misses == 2, within=5.0, every=0.001)
+        assert fast_loads == 0  # it waited rather than loading itself
+        leader.cancel()
+        assert await waiter == [7]
+        assert fast_loads == 1  # the leader's cancellation made it load for itself
 
 
 async def test_a_recent_entry_is_served_in_process_but_never_stale(servers):
     """An entry this process wrote is served without a Redis GET while its version
     holds; once the version moves on, it is not served again."""
-    endpoint = servers["redis"]
-    client = aioredis.Redis.from_url(endpoint.url, password=endpoint.password)
-    gets = 0
-    real_get = client.get
-
-    async def counted_get(key):
-        nonlocal gets
-        gets += 1
-        return await real_get(key)
-
-    client.get = counted_get  # type: ignore[method-assign]
-    cache = RedisCache(client, timeout=0.5)
     current = "ns:1"
-    loads = 0
+    gets = loads = 0
 
     async def now() -> str:
         return current
@@ -246,14 +247,22 @@ async def test_a_recent_entry_is_served_in_process_but_never_stale(servers):
         return [loads]
 
     key = f"lake:test:{time.monotonic_ns()}"
-    assert await cache.read_through(key, now, load, _json, _unjson) == [1]
-    await cache.drain()
-    assert await cache.read_through(key, now, load, _json, _unjson) == [1]
-    assert (gets, loads) == (1, 1)  # the second read asked only for the version
-    current = "ns:2"  # a write moved the scope's version on
-    assert await cache.read_through(key, now, load, _json, _unjson) == [2]
-    assert loads == 2
-    await client.aclose()
+    async with session_cache(servers) as (client, cache):
+        real_get = client.get
+
+        async def counted_get(key):
+            nonlocal gets
+            gets += 1
+            return await real_get(key)
+
+        client.get = counted_get  # type: ignore[method-assign]
+        assert await cache.read_through(key, now, load, _json, _unjson) == [1]
+        await cache.drain()
+        assert await cache.read_through(key, now, load, _json, _unjson) == [1]
+        assert (gets, loads) == (1, 1)  # the second read asked only for the version
+        current = "ns:2"  # a write moved the scope's version on
+        assert await cache.read_through(key, now, load, _json, _unjson) == [2]
+        assert loads == 2
 
 
 def _json(value: list[int]) -> bytes:
