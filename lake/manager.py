@@ -260,6 +260,7 @@ class ServiceManager:
             if self._loop_lag is not None:
                 await self._loop_lag.stop()
             await self._protection.watch.aclose()
+            await self._end_health_run()
             if was is State.RUNNING:
                 if self._components is not None:
                     await self._components.cache.drain()
@@ -268,6 +269,15 @@ class ServiceManager:
             self._components = None
             self._state = State.STOPPED
             log.info("lake_stopped")
+
+    async def _end_health_run(self) -> None:
+        # A health run is shielded from its callers' cancellation: one still
+        # probing would ping Redis or PostgreSQL after they closed, opening a
+        # connection nobody closes. It ends before they do.
+        run, self._health_run = self._health_run, None
+        if run is not None and not run.done():
+            run.cancel()
+            await asyncio.wait([run])
 
     def _running(self) -> Components:
         if self._state is not State.RUNNING or self._components is None:

@@ -284,6 +284,35 @@ async def test_concurrent_health_calls_share_one_probe():
     assert fakes.database.pings == 1
 
 
+async def test_stop_ends_a_health_probe_before_closing_the_resources():
+    """A probe still running when Lake stops (health is shielded from its callers)
+    is ended before the resources close, never left to reach a closed pool."""
+    fakes = Fakes()
+    resources = FakeResourceSet(fakes.components())
+    manager = make_manager(resources)
+    await manager.start()
+    probing, ended = asyncio.Event(), asyncio.Event()
+    still_open: list[bool] = []
+
+    async def slow_ping() -> str | None:
+        probing.set()
+        try:
+            await asyncio.Event().wait()  # a dependency that does not answer
+        finally:
+            still_open.append(resources.open_now)
+            ended.set()
+        return None
+
+    fakes.cache.ping = slow_ping  # type: ignore[method-assign]
+    caller = asyncio.create_task(manager.health())
+    await probing.wait()
+    caller.cancel()  # the caller gives up; the shielded probe goes on
+    await manager.stop()
+    assert ended.is_set()
+    assert still_open == [True]  # it ended while the resources were still open
+    assert resources.closes == 1
+
+
 async def test_reads_go_through_the_cache_keyed_on_the_version():
     """A repeated read is served from the cache until a write changes the version."""
     fakes = Fakes()
