@@ -289,6 +289,30 @@ async def test_fair_gate_refuses_at_once_past_the_queue_or_the_deadline() -> Non
     assert gate.active == 0
 
 
+async def test_fair_gate_waits_end_at_their_limit_and_leave_the_gate_whole() -> None:
+    """A queued call not served within its time (wait_s, or its deadline if
+    sooner) gives up with RESOURCE_EXHAUSTED; a cancelled one just leaves. Neither
+    takes a slot: the next release serves the caller still waiting, and the gate
+    ends empty."""
+    gate = FairGate(GateSettings(capacity=1, share=1.0, wait_s=5.0))
+    taken = await gate.acquire("a")
+    with deadline.deadline_scope(0.05):
+        late = asyncio.create_task(gate.acquire("a"))
+    cancelled = asyncio.create_task(gate.acquire("b"))
+    await eventually(lambda: gate.waiting == 2)
+    cancelled.cancel()
+    with pytest.raises(ResourceExhaustedError, match="no connection free in time"):
+        await asyncio.wait_for(late, 5)
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    assert (gate.waiting, gate.rejected) == (0, 1)
+    patient = asyncio.create_task(gate.acquire("c"))
+    await eventually(lambda: gate.waiting == 1)
+    gate.release("a", taken)
+    gate.release("c", await asyncio.wait_for(patient, 5))
+    assert (gate.active, gate.waiting) == (0, 0)
+
+
 async def test_fair_gate_refuses_on_a_fresh_estimate_of_long_holds() -> None:
     """Just after 10 s holds, a caller whose deadline is shorter than the expected
     wait is refused at once, without queueing."""
