@@ -14,7 +14,8 @@ PostgreSQL (in a thread of its own), a cortex peer beside it, and prints:
    answers every call UNAVAILABLE, from a closed breaker; target <= 1.2.
 4. ``overhead``: spatial nearest-10 throughput (32 tasks, cache hits and unique
    requests) with the protection layer on / off (breakers disabled, no fair-share
-   gate, no adaptive timeouts), in the same round; target >= 0.95.
+   gate, no adaptive timeouts), in the same round; target >= 0.95. A second Lake
+   with protection off, measured alongside, shows the noise floor (off / off).
 5. ``fairness``: a second tenant's p99 while a first floods the pool with 64 tasks /
    its p99 alone; target <= 2. The flood holds connections over a database 5 ms
    away (the pool is what is shared); for contrast, a flood of heavy aggregates
@@ -53,6 +54,7 @@ from lake.operations import (
 )
 from lake.protection import BreakerSettings, BreakerState, Protection
 from lake.resources.embedded import Endpoint
+from lake.stores.lease import PEER_FRESH_S
 from tests.faults.proxy import ProxyThread
 
 TENANTS = ("flood", "quiet")
@@ -210,29 +212,41 @@ async def amplification_round(
 
 
 async def on_off(
-    on: ServiceManager, off: ServiceManager, kind: str, calls: int, unique: Any
-) -> tuple[float, float]:
+    lakes: dict[str, ServiceManager], kind: str, calls: int, unique: Any
+) -> dict[str, float]:
     """
-    Throughput on / off and CPU per call off / on, over six alternations of
-    ``calls / 6`` each (so a neighbour's load falls on both alike); the median.
+    Throughput and CPU per call of each Lake (``on``, ``off`` and ``control``, a
+    second Lake with protection off) over twelve alternations of ``calls / 6``
+    calls each, the order rotating (so neither a neighbour's load nor a drift
+    falls on one side); each alternation's ratios to ``off``, their medians.
+
+    ``control / off`` is the noise floor: two identical Lakes differ by about
+    that much from round to round.
     """
-    walls: list[float] = []
-    cpus: list[float] = []
-    for _ in range(6):
+    ratios: dict[str, list[float]] = {"wall": [], "cpu": [], "control": []}
+    names = list(lakes)
+
+    def caller(name: str) -> Callable[[int], Awaitable[object]]:
+        async def call(i: int, m: ServiceManager = lakes[name]) -> object:
+            j = i % 64 if kind == "hit" else next(unique)
+            return await m.coordinate(nearest("quiet", j))
+
+        return call
+
+    for name in names:  # a Lake's first calls (its pool, its cache) measure nothing
+        await rate(calls // 6, caller(name), 32)
+    for turn in range(12):
         figures = {}
-        for name, manager in (("on", on), ("off", off)):
-
-            async def call(i: int, m: ServiceManager = manager) -> object:
-                j = i % 64 if kind == "hit" else next(unique)
-                return await m.coordinate(nearest("quiet", j))
-
+        for name in names[turn % 3 :] + names[: turn % 3]:
+            call = caller(name)
             await rate(100, call, 32)  # warm (the hits' entries)
             cpu = time.process_time()
             qps = await rate(calls // 6, call, 32)
             figures[name] = (qps, (time.process_time() - cpu) / (calls // 6))
-        walls.append(figures["on"][0] / figures["off"][0])
-        cpus.append(figures["off"][1] / figures["on"][1])
-    return statistics.median(walls), statistics.median(cpus)
+        ratios["wall"].append(figures["on"][0] / figures["off"][0])
+        ratios["cpu"].append(figures["off"][1] / figures["on"][1])
+        ratios["control"].append(figures["control"][0] / figures["off"][0])
+    return {name: statistics.median(values) for name, values in ratios.items()}
 
 
 async def p99_of(call: Callable[[int], Awaitable[object]], n: int) -> float:
@@ -310,6 +324,7 @@ def report(
     amplification: list[float],
     overhead: dict[str, list[float]],
     cpu_ratio: dict[str, list[float]],
+    noise: dict[str, list[float]],
 ) -> None:
     p50s = [p50 * 1000 for p50, _ in opens]
     p99s = [p99 * 1000 for _, p99 in opens]
@@ -325,6 +340,9 @@ def report(
     for kind, ratios in cpu_ratio.items():
         figure = spread(ratios, 3)
         print(f"  CPU per call off / on ({kind:<4})   {figure}")
+    for kind, ratios in noise.items():
+        figure = spread(ratios, 3)
+        print(f"  noise: off / off again ({kind:<4})  {figure}")
 
 
 def fair(fairness: list[tuple[float, float]], share: float | None) -> None:
@@ -354,8 +372,16 @@ async def run(args: argparse.Namespace, pg: Endpoint, redis: Endpoint) -> None:
     try:
         on = await h.lake(dsn, args.pool, protected=True)
         off = await h.lake(dsn, args.pool, protected=False)
+        control = await h.lake(dsn, args.pool, protected=False)
+        lakes = {"on": on, "off": off, "control": control}
         faulty = await h.lake(proxied, args.pool, protected=True)
         await load(on, args.features)
+        # A Lake trusts its copy of the cache generations (answers hits without a
+        # round trip) once its peers have counted it: until then its hits are
+        # slower, which is not what the overhead figures are about.
+        for manager in lakes.values():
+            await manager.coordinate(nearest("quiet", 0))
+        await asyncio.sleep(PEER_FRESH_S + 0.5)
         await on.coordinate(CreateCollection("quiet", Collection("docs", 16)))
         cortex = h.cortex.peer
         assert isinstance(cortex, CortexPeer)
@@ -365,6 +391,7 @@ async def run(args: argparse.Namespace, pg: Endpoint, redis: Endpoint) -> None:
         amplification: list[float] = []
         overhead: dict[str, list[float]] = {"hit": [], "miss": []}
         cpu_ratio: dict[str, list[float]] = {"hit": [], "miss": []}
+        noise: dict[str, list[float]] = {"hit": [], "miss": []}
         fairness: list[tuple[float, float]] = []
         heavy: list[tuple[float, float]] = []
         unique = iter(range(10**9, 2 * 10**9))
@@ -380,15 +407,16 @@ async def run(args: argparse.Namespace, pg: Endpoint, redis: Endpoint) -> None:
             recoveries.append(recovered)
             amplification.append(await amplification_round(on, cortex, args.calls // 4))
             for kind in ("hit", "miss"):
-                wall, cpu = await on_off(on, off, kind, args.calls, unique)
-                overhead[kind].append(wall)
-                cpu_ratio[kind].append(cpu)
+                figures = await on_off(lakes, kind, args.calls, unique)
+                overhead[kind].append(figures["wall"])
+                cpu_ratio[kind].append(figures["cpu"])
+                noise[kind].append(figures["control"])
             fairness.append(await pool_fairness_round(faulty, proxy, args.fair_calls))
             heavy.append(await fairness_round(on, args.fair_calls, aggregate))
 
         print(f"\nresilience, {args.rounds} rounds: median (min-max)")
         if args.only != "fairness":
-            report(opens, recoveries, amplification, overhead, cpu_ratio)
+            report(opens, recoveries, amplification, overhead, cpu_ratio, noise)
         print("  a flood holding the pool (5 ms round trips):")
         fair(fairness, h.share)
         print("  a flood of heavy aggregates (the database's CPU is the bottleneck):")
