@@ -216,7 +216,7 @@ async def on_off(
 ) -> dict[str, float]:
     """
     Throughput and CPU per call of each Lake (``on``, ``off`` and ``control``, a
-    second Lake with protection off) over twelve alternations of ``calls / 6``
+    second Lake with protection off) over 21 alternations of ``calls / 6``
     calls each, the order rotating (so neither a neighbour's load nor a drift
     falls on one side); each alternation's ratios to ``off``, their medians.
 
@@ -235,7 +235,7 @@ async def on_off(
 
     for name in names:  # a Lake's first calls (its pool, its cache) measure nothing
         await rate(calls // 6, caller(name), 32)
-    for turn in range(12):
+    for turn in range(21):
         figures = {}
         for name in names[turn % 3 :] + names[: turn % 3]:
             call = caller(name)
