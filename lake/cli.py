@@ -16,21 +16,26 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import structlog
 
 from lake import console, shell
 from lake.api.channels import client_for, tls_options
-from lake.bootstrap import Lake
 from lake.client import HealthReport
 from lake.config import load_settings, masked, secret_values
-from lake.container import aresolve, create_container
 from lake.errors import ConfigError, LakeError
 from lake.logs import configure_logging, register_secrets
-from lake.resources.embedded import embedded_servers
 from lake.schema import listen_problem
+
+if TYPE_CHECKING:
+    from lake.bootstrap import Lake
+
+# The container, the stores and the embedded servers (asyncpg, redis,
+# dependency-injector: about 1.2 s of imports here) are imported by the commands
+# that run Lake, not by every command: `lake health` as a probe, `lake token` or
+# `lake call` start in a third of the time.
 
 __all__ = ["main"]
 
@@ -65,6 +70,8 @@ def _with_embedded(settings: dict[str, Any]) -> Iterator[dict[str, Any]]:
         _require_dsns(settings)
         yield settings
         return
+    from lake.resources.embedded import embedded_servers
+
     data_dir = Path(settings["data_dir"])
     with embedded_servers(data_dir, postgres=want_pg, redis=want_redis) as ends:
         settings = {**settings}
@@ -255,6 +262,8 @@ async def _serve(settings: dict[str, Any]) -> int:
     Build Lake through the container and run it until a stop signal; a second,
     later signal stops it at once.
     """
+    from lake.container import aresolve, create_container
+
     container = create_container(settings)
     lake: Lake = await aresolve(container.lake)
     stop = asyncio.Event()
@@ -393,6 +402,8 @@ def migrate(ctx: click.Context) -> None:
 
 
 async def _migrate(settings: dict[str, Any]) -> None:
+    from lake.container import aresolve, create_container
+
     lake: Lake = await aresolve(create_container(settings).migration)
     await lake.start()  # start-up applies migrations under the advisory lock
     await lake.stop()
