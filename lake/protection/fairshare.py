@@ -42,6 +42,7 @@ from typing import Any
 
 from lake import deadline
 from lake.errors import ResourceExhaustedError
+from lake.protection.timeouts import AttemptWatch
 
 __all__ = ["FairGate", "GateSettings"]
 
@@ -64,7 +65,7 @@ class GateSettings:
 # Holds measured before a tenant's mean is weighed: one slow first call (a
 # partition created, a cold cache) must not mark a tenant heavy.
 _WEIGH_AFTER = 8
-# How often queued waits are checked for their end (see FairGate._sweep).
+# How often queued waits are checked for their end (see FairGate._wait).
 _SWEEP_S = 0.02
 
 
@@ -120,9 +121,8 @@ class FairGate:
         self._last = ""
         self._last_at = float("-inf")
         self._other_at = float("-inf")
-        # Each queued wait's end (loop time), failed by the sweeper once past.
-        self._expiry: dict[asyncio.Future[None], float] = {}
-        self._sweeper: asyncio.Task[None] | None = None
+        # Cuts the waits that outlast their end.
+        self._watch = AttemptWatch(tick_s=_SWEEP_S)
 
     async def acquire(self, tenant: str) -> float:
         """
@@ -274,56 +274,41 @@ class FairGate:
             raise self._refuse(msg, expected)
         if queue is None:
             queue = self._queues[tenant] = deque()
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
         queue.append(future)
         self.waiting += 1
         if self.active < self.capacity:
             self._hand_on()  # the waiters ahead were all at their cap
-        if not future.done():
+        # The wait's end: the watch cancels a caller still queued past it (one
+        # ticking task for every wait, not a timer per wait: asyncio.timeout's
+        # timer, its heap entry and its cancellation were a third of the gate's
+        # cost). It ends up to _SWEEP_S late; the caller's deadline is enforced
+        # outside the gate too.
+        task = asyncio.current_task()
+        if task is not None:
             limit = (
                 self.settings.wait_s
                 if left is None
                 else min(self.settings.wait_s, left)
             )
-            self._expiry[future] = asyncio.get_running_loop().time() + limit
-            if self._sweeper is None or self._sweeper.done():
-                self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+            self._watch.arm(task, loop.time() + limit)
         try:
             await future
-        except BaseException as exc:
-            expired = future.done() and not future.cancelled() and future.exception()
-            if future.done() and not future.cancelled() and not expired:
+        except BaseException:
+            late = task is not None and self._watch.disarm(task)
+            if future.done() and not future.cancelled():
                 # Handed a slot as the wait ended: give it back to the next one.
                 self.release(tenant, time.perf_counter())
             else:
                 self._forget(tenant, future)
-            if expired and isinstance(exc, TimeoutError):
+            if late:
                 msg = "no connection free in time"
                 raise self._refuse(msg, expected) from None
             raise
-        finally:
-            self._expiry.pop(future, None)
+        if task is not None:
+            self._watch.disarm(task)
         return time.perf_counter()
-
-    async def _sweep(self) -> None:
-        # Fails the waits past their end, every _SWEEP_S while any are queued:
-        # one task instead of a timer per wait (asyncio.timeout's timer, its heap
-        # entry and its cancellation were a third of the gate's cost). A wait ends
-        # up to _SWEEP_S late; the caller's own deadline is enforced outside.
-        loop = asyncio.get_running_loop()
-        expiry = self._expiry
-        try:
-            while expiry:
-                await asyncio.sleep(_SWEEP_S)
-                now = loop.time()
-                late = [future for future, ends in expiry.items() if ends <= now]
-                for future in late:
-                    del expiry[future]
-                    if not future.done():
-                        future.set_exception(TimeoutError())
-        finally:
-            if self._sweeper is asyncio.current_task():
-                self._sweeper = None
 
     def _forget(self, tenant: str, future: asyncio.Future[None]) -> None:
         queue = self._queues.get(tenant)
